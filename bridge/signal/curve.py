@@ -124,6 +124,14 @@ class KeyPair:
         except ValueError as exc:
             raise InvalidKeyError("key agreement with an invalid public key") from exc
 
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, KeyPair):
+            return NotImplemented
+        return hmac.compare_digest(self.private, other.private) and self.public == other.public
+
+    def __hash__(self) -> int:
+        return hash(self.public)
+
     def sign(self, message: bytes) -> bytes:
         if not self._sign_bit:
             self._sign_bit.append(xeddsa.priv_to_ed25519_pub(self.private)[31] & 0x80)

@@ -132,32 +132,32 @@ class MemoryIdentityKeyStore:
 
 class MemoryPreKeyStore:
     def __init__(self) -> None:
-        self._keys: dict[int, bytes] = {}
+        self._pre_keys: dict[int, bytes] = {}
 
     async def load_pre_key(self, pre_key_id: int) -> PreKeyRecord | None:
-        data = self._keys.get(pre_key_id)
+        data = self._pre_keys.get(pre_key_id)
         return PreKeyRecord.deserialize(data) if data is not None else None
 
     async def store_pre_key(self, record: PreKeyRecord) -> None:
-        self._keys[record.id] = record.serialize()
+        self._pre_keys[record.id] = record.serialize()
 
     async def remove_pre_key(self, pre_key_id: int) -> None:
-        self._keys.pop(pre_key_id, None)
+        self._pre_keys.pop(pre_key_id, None)
 
     def count(self) -> int:
-        return len(self._keys)
+        return len(self._pre_keys)
 
 
 class MemorySignedPreKeyStore:
     def __init__(self) -> None:
-        self._keys: dict[int, bytes] = {}
+        self._signed_pre_keys: dict[int, bytes] = {}
 
     async def load_signed_pre_key(self, signed_pre_key_id: int) -> SignedPreKeyRecord | None:
-        data = self._keys.get(signed_pre_key_id)
+        data = self._signed_pre_keys.get(signed_pre_key_id)
         return SignedPreKeyRecord.deserialize(data) if data is not None else None
 
     async def store_signed_pre_key(self, record: SignedPreKeyRecord) -> None:
-        self._keys[record.id] = record.serialize()
+        self._signed_pre_keys[record.id] = record.serialize()
 
 
 class MemorySessionStore:

@@ -325,11 +325,11 @@ const ops = {
     const f = S.Fingerprint.new(req.iterations, req.version, unb64(req.local_id),
       S.PublicKey.deserialize(unb64(req.local_key)), unb64(req.remote_id),
       S.PublicKey.deserialize(unb64(req.remote_key)));
-    return { matches: f.scannableFingerprint().compare(unb64(req.scanned)) };
+    return { matches: f.scannableFingerprint().compare(S.ScannableFingerprint._fromBuffer(unb64(req.scanned))) };
   },
   async sk_create(req) {
     const p = party(req.party);
-    const skdm = await S.SenderKeyDistributionMessage.create(p.addr(req.self),
+    const skdm = await S.SenderKeyDistributionMessage.create(p.addr(req.own),
       req.distribution_id, p.senderKeys);
     return { skdm: b64(skdm.serialize()) };
   },
@@ -341,7 +341,7 @@ const ops = {
   },
   async sk_encrypt(req) {
     const p = party(req.party);
-    const ct = await S.groupEncrypt(p.addr(req.self), req.distribution_id, p.senderKeys,
+    const ct = await S.groupEncrypt(p.addr(req.own), req.distribution_id, p.senderKeys,
       unb64(req.plaintext));
     return { body: b64(ct.serialize()) };
   },
