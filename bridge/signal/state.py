@@ -11,9 +11,8 @@ from __future__ import annotations
 import struct
 from dataclasses import dataclass, field, replace
 
-from . import protobuf
 from .curve import KeyPair, PublicKey
-from .errors import InvalidKeyError, InvalidMessageError, InvalidRecordError
+from .errors import InvalidKeyError, InvalidRecordError
 from .kdf import ChainKey, MessageKeys, RootKey
 
 MAX_RECEIVER_CHAINS = 5
@@ -62,6 +61,11 @@ class SessionState:
     remote_registration_id: int = 0
     receiver_chains: tuple[ReceiverChain, ...] = ()  # oldest first
     pending_pre_key: PendingPreKey | None = None
+
+    def __post_init__(self) -> None:
+        # The record format stores it in a fixed 33-byte slot.
+        if len(self.alice_base_key) != 33:
+            raise InvalidKeyError("alice base key must be a serialized public key")
 
     def find_receiver_chain(self, ratchet_key: PublicKey) -> tuple[int, ReceiverChain] | None:
         for index, chain in enumerate(self.receiver_chains):
@@ -130,159 +134,165 @@ class SessionRecord:
         )
 
     def serialize(self) -> bytes:
-        fields: list[tuple[int, int | bytes | None]] = []
-        if self.current is not None:
-            fields.append((1, _serialize_state(self.current)))
-        fields.extend((2, _serialize_state(state)) for state in self.previous)
-        return bytes((RECORD_FORMAT_VERSION,)) + protobuf.encode(fields)
+        states = [] if self.current is None else [self.current]
+        states.extend(self.previous)
+        parts = [_RECORD_HEADER.pack(RECORD_FORMAT_VERSION, self.current is not None, len(states))]
+        for state in states:
+            body = _serialize_state(state)
+            parts.append(_LENGTH.pack(len(body)))
+            parts.append(body)
+        return b"".join(parts)
 
     @classmethod
     def deserialize(cls, data: bytes) -> SessionRecord:
-        if not data or data[0] != RECORD_FORMAT_VERSION:
-            raise InvalidRecordError("unknown session record format")
+        data = bytes(data)
         try:
-            fields = protobuf.decode_repeated(bytes(data[1:]))
-            current = fields.get(1, [])
-            if len(current) > 1:
-                raise InvalidRecordError("session record has two current states")
-            previous = fields.get(2, [])
-            if len(previous) > ARCHIVED_STATES_MAX_LENGTH:
+            version, has_current, count = _RECORD_HEADER.unpack_from(data, 0)
+            if version != RECORD_FORMAT_VERSION:
+                raise InvalidRecordError("unknown session record format")
+            if has_current > 1 or count > ARCHIVED_STATES_MAX_LENGTH + 1 or count < has_current:
+                raise InvalidRecordError("session record has an impossible state count")
+            offset = _RECORD_HEADER.size
+            states = []
+            for _ in range(count):
+                (length,) = _LENGTH.unpack_from(data, offset)
+                offset += _LENGTH.size
+                if offset + length > len(data):
+                    raise InvalidRecordError("truncated session record")
+                states.append(_deserialize_state(data[offset : offset + length]))
+                offset += length
+            if offset != len(data):
+                raise InvalidRecordError("trailing bytes after session record")
+            if has_current:
+                return cls(states[0], tuple(states[1:]))
+            if len(states) > ARCHIVED_STATES_MAX_LENGTH:
                 raise InvalidRecordError("session record has too many archived states")
-            return cls(
-                _deserialize_state(_as_bytes(current[0])) if current else None,
-                tuple(_deserialize_state(_as_bytes(item)) for item in previous),
-            )
-        except (InvalidMessageError, InvalidKeyError, struct.error) as exc:
+            return cls(None, tuple(states))
+        except (InvalidKeyError, struct.error) as exc:
             raise InvalidRecordError(f"corrupt session record: {exc}") from exc
 
 
-def _as_bytes(value: int | bytes) -> bytes:
-    if not isinstance(value, bytes):
-        raise InvalidRecordError("expected a length-delimited field")
-    return value
-
-
-def _one(fields: dict[int, list[int | bytes]], number: int) -> int | bytes | None:
-    values = fields.get(number)
-    return values[-1] if values else None
-
-
-def _req_bytes(
-    fields: dict[int, list[int | bytes]], number: int, length: int | None = None
-) -> bytes:
-    value = _one(fields, number)
-    if not isinstance(value, bytes) or (length is not None and len(value) != length):
-        raise InvalidRecordError(f"session record field {number} is missing or malformed")
-    return value
-
-
-def _req_int(fields: dict[int, list[int | bytes]], number: int, default: int | None = None) -> int:
-    value = _one(fields, number)
-    if value is None and default is not None:
-        return default
-    if not isinstance(value, int):
-        raise InvalidRecordError(f"session record field {number} is missing or malformed")
-    return value
+# The record format is ours and fixed-width where it can be: packing a handful of structs
+# costs a few microseconds, where a varint codec in Python cost more than the crypto.
+_RECORD_HEADER = struct.Struct(">BBB")
+_LENGTH = struct.Struct(">I")
+# version, previous counter, sender chain index, local and remote registration ids,
+# receiver chain count, has-pending flag, local and remote identity, root key, sender
+# ratchet private and public, sender chain key, alice base key.
+_STATE = struct.Struct(">BIIIIBB33s33s32s32s33s32s33s")
+# ratchet key, chain key, chain index, skipped key count
+_CHAIN = struct.Struct(">33s32sII")
+# has one-time prekey, one-time prekey id, signed prekey id, timestamp, base key
+_PENDING = struct.Struct(">BIIQ33s")
 
 
 def _serialize_state(state: SessionState) -> bytes:
-    fields: list[tuple[int, int | bytes | None]] = [
-        (1, state.session_version),
-        (2, state.local_identity.serialize()),
-        (3, state.remote_identity.serialize()),
-        (4, state.root_key.key),
-        (5, state.previous_counter),
-        (6, state.sender_ratchet.private),
-        (7, state.sender_ratchet.public.serialize()),
-        (8, state.sender_chain.key),
-        (9, state.sender_chain.index),
-        (10, state.alice_base_key),
-        (11, state.local_registration_id),
-        (12, state.remote_registration_id),
+    pending = state.pending_pre_key
+    parts = [
+        _STATE.pack(
+            state.session_version,
+            state.previous_counter,
+            state.sender_chain.index,
+            state.local_registration_id,
+            state.remote_registration_id,
+            len(state.receiver_chains),
+            pending is not None,
+            state.local_identity.serialize(),
+            state.remote_identity.serialize(),
+            state.root_key.key,
+            state.sender_ratchet.private,
+            state.sender_ratchet.public.serialize(),
+            state.sender_chain.key,
+            state.alice_base_key,
+        )
     ]
     for chain in state.receiver_chains:
-        skipped = b"".join(
+        parts.append(
+            _CHAIN.pack(
+                chain.ratchet_key.serialize(),
+                chain.chain_key.key,
+                chain.chain_key.index,
+                len(chain.skipped),
+            )
+        )
+        parts.extend(
             _SKIPPED_KEY.pack(k.counter, k.cipher_key, k.mac_key, k.iv) for k in chain.skipped
         )
-        fields.append(
-            (
-                13,
-                protobuf.encode(
-                    (
-                        (1, chain.ratchet_key.serialize()),
-                        (2, chain.chain_key.key),
-                        (3, chain.chain_key.index),
-                        (4, skipped or None),
-                    )
-                ),
-            )
-        )
-    pending = state.pending_pre_key
     if pending is not None:
-        fields.append(
-            (
-                14,
-                protobuf.encode(
-                    (
-                        (1, pending.pre_key_id),
-                        (2, pending.signed_pre_key_id),
-                        (3, pending.base_key.serialize()),
-                        (4, pending.timestamp_ms),
-                    )
-                ),
+        parts.append(
+            _PENDING.pack(
+                pending.pre_key_id is not None,
+                pending.pre_key_id or 0,
+                pending.signed_pre_key_id,
+                pending.timestamp_ms,
+                pending.base_key.serialize(),
             )
         )
-    return protobuf.encode(fields)
+    return b"".join(parts)
 
 
 def _deserialize_state(data: bytes) -> SessionState:
-    f = protobuf.decode_repeated(data)
+    (
+        version,
+        previous_counter,
+        sender_index,
+        local_registration_id,
+        remote_registration_id,
+        chain_count,
+        has_pending,
+        local_identity,
+        remote_identity,
+        root_key,
+        sender_private,
+        sender_public,
+        sender_chain_key,
+        alice_base_key,
+    ) = _STATE.unpack_from(data, 0)
+    if chain_count > MAX_RECEIVER_CHAINS or has_pending > 1:
+        raise InvalidRecordError("malformed session state")
+    offset = _STATE.size
     chains = []
-    for raw in f.get(13, []):
-        c = protobuf.decode_repeated(_as_bytes(raw))
-        blob = _one(c, 4) or b""
-        if not isinstance(blob, bytes) or len(blob) % _SKIPPED_KEY.size:
-            raise InvalidRecordError("malformed skipped message keys")
+    for _ in range(chain_count):
+        ratchet_key, chain_key, index, skipped_count = _CHAIN.unpack_from(data, offset)
+        offset += _CHAIN.size
+        if skipped_count > MAX_MESSAGE_KEYS:
+            raise InvalidRecordError("too many skipped message keys")
+        end = offset + skipped_count * _SKIPPED_KEY.size
+        if end > len(data):
+            raise InvalidRecordError("truncated skipped message keys")
         skipped = tuple(
             MessageKeys(cipher, mac, iv, counter)
-            for counter, cipher, mac, iv in _SKIPPED_KEY.iter_unpack(blob)
+            for counter, cipher, mac, iv in _SKIPPED_KEY.iter_unpack(data[offset:end])
         )
-        if len(skipped) > MAX_MESSAGE_KEYS:
-            raise InvalidRecordError("too many skipped message keys")
+        offset = end
         chains.append(
-            ReceiverChain(
-                PublicKey.deserialize(_req_bytes(c, 1, 33)),
-                ChainKey(_req_bytes(c, 2, 32), _req_int(c, 3)),
-                skipped,
-            )
+            ReceiverChain(PublicKey.deserialize(ratchet_key), ChainKey(chain_key, index), skipped)
         )
-    if len(chains) > MAX_RECEIVER_CHAINS:
-        raise InvalidRecordError("too many receiver chains")
     pending = None
-    if 14 in f:
-        p = protobuf.decode_repeated(_as_bytes(f[14][-1]))
-        pre_key_id = _one(p, 1)
-        if pre_key_id is not None and not isinstance(pre_key_id, int):
-            raise InvalidRecordError("malformed pending prekey id")
-        pending = PendingPreKey(
-            pre_key_id,
-            _req_int(p, 2),
-            PublicKey.deserialize(_req_bytes(p, 3, 33)),
-            _req_int(p, 4, 0),
+    if has_pending:
+        has_one_time, pre_key_id, signed_pre_key_id, timestamp, base_key = _PENDING.unpack_from(
+            data, offset
         )
+        offset += _PENDING.size
+        pending = PendingPreKey(
+            pre_key_id if has_one_time else None,
+            signed_pre_key_id,
+            PublicKey.deserialize(base_key),
+            timestamp,
+        )
+    if offset != len(data):
+        raise InvalidRecordError("trailing bytes in session state")
     return SessionState(
-        session_version=_req_int(f, 1),
-        local_identity=PublicKey.deserialize(_req_bytes(f, 2, 33)),
-        remote_identity=PublicKey.deserialize(_req_bytes(f, 3, 33)),
-        root_key=RootKey(_req_bytes(f, 4, 32)),
-        previous_counter=_req_int(f, 5, 0),
-        sender_ratchet=KeyPair.from_stored(
-            _req_bytes(f, 6, 32), PublicKey.deserialize(_req_bytes(f, 7, 33))
-        ),
-        sender_chain=ChainKey(_req_bytes(f, 8, 32), _req_int(f, 9, 0)),
-        alice_base_key=_req_bytes(f, 10),
-        local_registration_id=_req_int(f, 11, 0),
-        remote_registration_id=_req_int(f, 12, 0),
+        session_version=version,
+        local_identity=PublicKey.deserialize(local_identity),
+        remote_identity=PublicKey.deserialize(remote_identity),
+        root_key=RootKey(root_key),
+        previous_counter=previous_counter,
+        sender_ratchet=KeyPair.from_stored(sender_private, PublicKey.deserialize(sender_public)),
+        sender_chain=ChainKey(sender_chain_key, sender_index),
+        alice_base_key=alice_base_key,
+        local_registration_id=local_registration_id,
+        remote_registration_id=remote_registration_id,
         receiver_chains=tuple(chains),
         pending_pre_key=pending,
     )

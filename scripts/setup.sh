@@ -1,0 +1,49 @@
+#!/usr/bin/env bash
+# Brings a fresh machine to a working checkout: a Python 3.11/3.12 virtualenv in .venv
+# with the project and its dev extra, and the Node test peers' exact versions.
+# Idempotent and cheap when nothing changed (it compares stamps of the inputs).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+find_python() {
+    for candidate in python3.12 python3.11 python3; do
+        if command -v "$candidate" >/dev/null 2>&1 &&
+            "$candidate" -c 'import sys; sys.exit(not ((3, 11) <= sys.version_info[:2] <= (3, 12)))'; then
+            command -v "$candidate"
+            return 0
+        fi
+    done
+    return 1
+}
+
+if [ ! -x .venv/bin/python ]; then
+    python=$(find_python) || {
+        echo "setup: Python 3.11 or 3.12 is required (python-olm ships wheels only for those)" >&2
+        exit 1
+    }
+    "$python" -m venv .venv
+fi
+
+stamp=.venv/.installed-$(sha256sum pyproject.toml | cut -c1-16)
+if [ ! -f "$stamp" ]; then
+    .venv/bin/python -m pip install --quiet --upgrade pip
+    .venv/bin/python -m pip install --quiet -e '.[dev]'
+    rm -f .venv/.installed-*
+    touch "$stamp"
+fi
+
+if ! command -v node >/dev/null 2>&1 || ! command -v npm >/dev/null 2>&1; then
+    if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+        apt-get update -qq && apt-get install -y -qq nodejs npm >/dev/null
+    else
+        echo "setup: Node.js and npm are required for the libsignal test peers" >&2
+        exit 1
+    fi
+fi
+
+peer=tests/peers/signal
+peer_stamp=$peer/node_modules/.installed-$(sha256sum $peer/package-lock.json | cut -c1-16)
+if [ ! -f "$peer_stamp" ]; then
+    (cd $peer && npm ci --no-audit --no-fund --loglevel=error)
+    touch "$peer_stamp"
+fi
