@@ -247,6 +247,20 @@ _SENDER_KEY_FIELDS = {
 }
 
 
+def _encode_sender_key(
+    schema: SenderKeySchema, distribution_id: bytes | None, values: tuple[int | bytes, ...]
+) -> bytes:
+    """``version || protobuf`` with ``values`` (key id, iteration, …) in ``schema``'s fields."""
+    numbers = _SENDER_KEY_FIELDS[schema]
+    fields: list[tuple[int, int | bytes | None]] = []
+    if numbers[0] is not None:
+        if distribution_id is None or len(distribution_id) != 16:
+            raise ValueError("this schema needs a 16-byte distribution id")
+        fields.append((numbers[0], distribution_id))
+    fields += zip(numbers[1:], values, strict=False)
+    return bytes((VERSION_BYTE,)) + protobuf.encode(fields)
+
+
 def _distribution_id(
     fields: dict[int, int | bytes], number: int | None, schema: SenderKeySchema
 ) -> bytes | None:
@@ -282,21 +296,15 @@ class SenderKeyMessage:
         schema: SenderKeySchema = SenderKeySchema.LEGACY,
         distribution_id: bytes | None = None,
     ) -> SenderKeyMessage:
-        uuid_field, id_field, iteration_field, ciphertext_field, _ = _SENDER_KEY_FIELDS[schema]
-        fields: list[tuple[int, int | bytes | None]] = []
-        if uuid_field is not None:
-            if distribution_id is None or len(distribution_id) != 16:
-                raise ValueError("this schema needs a 16-byte distribution id")
-            fields.append((uuid_field, distribution_id))
-        fields += [(id_field, key_id), (iteration_field, iteration), (ciphertext_field, ciphertext)]
-        body = bytes((VERSION_BYTE,)) + protobuf.encode(fields)
+        body = _encode_sender_key(schema, distribution_id, (key_id, iteration, ciphertext))
+        has_id = _SENDER_KEY_FIELDS[schema][0] is not None
         return cls(
             CURRENT_VERSION,
             key_id,
             iteration,
             ciphertext,
             body + signing_key.sign(body),
-            distribution_id if uuid_field is not None else None,
+            distribution_id if has_id else None,
         )
 
     @classmethod
@@ -346,21 +354,10 @@ class SenderKeyDistributionMessage:
         schema: SenderKeySchema = SenderKeySchema.LEGACY,
         distribution_id: bytes | None = None,
     ) -> SenderKeyDistributionMessage:
-        uuid_field, id_field, iteration_field, chain_field, signing_field = _SENDER_KEY_FIELDS[
-            schema
-        ]
-        fields: list[tuple[int, int | bytes | None]] = []
-        if uuid_field is not None:
-            if distribution_id is None or len(distribution_id) != 16:
-                raise ValueError("this schema needs a 16-byte distribution id")
-            fields.append((uuid_field, distribution_id))
-        fields += [
-            (id_field, key_id),
-            (iteration_field, iteration),
-            (chain_field, chain_key),
-            (signing_field, signing_key.serialize()),
-        ]
-        body = bytes((VERSION_BYTE,)) + protobuf.encode(fields)
+        body = _encode_sender_key(
+            schema, distribution_id, (key_id, iteration, chain_key, signing_key.serialize())
+        )
+        has_id = _SENDER_KEY_FIELDS[schema][0] is not None
         return cls(
             CURRENT_VERSION,
             key_id,
@@ -368,7 +365,7 @@ class SenderKeyDistributionMessage:
             chain_key,
             signing_key,
             body,
-            distribution_id if uuid_field is not None else None,
+            distribution_id if has_id else None,
         )
 
     @classmethod

@@ -6,7 +6,7 @@ Unknown fields are skipped, as protobuf requires; groups (wire types 3 and 4) ar
 refused because no Signal message uses them.
 """
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 
 from .errors import InvalidMessageError
 
@@ -65,13 +65,12 @@ def encode(fields: Iterable[tuple[int, int | bytes | None]]) -> bytes:
     return bytes(out)
 
 
-def decode(data: bytes) -> dict[int, int | bytes]:
-    """Decode a flat message into {field number: last value}, as proto2 does for scalars.
+def iter_fields(data: bytes) -> Iterator[tuple[int, int, int | bytes | None]]:
+    """Yield (field number, wire type, value) in order; fixed-width values come as None.
 
-    Varints come back as ``int`` and length-delimited fields as ``bytes``; fixed-width
-    fields are skipped since no Signal message defines one.
+    Raises:
+        InvalidMessageError: truncated input, a bad field number or a group wire type.
     """
-    fields: dict[int, int | bytes] = {}
     pos = 0
     end = len(data)
     while pos < end:
@@ -80,41 +79,7 @@ def decode(data: bytes) -> dict[int, int | bytes]:
         wire_type = key & 7
         if number == 0 or number > _MAX_FIELD_NUMBER:
             raise InvalidMessageError("invalid protobuf field number")
-        if wire_type == VARINT:
-            value, pos = _read_varint(data, pos)
-            fields[number] = value
-        elif wire_type == BYTES:
-            length, pos = _read_varint(data, pos)
-            if length > end - pos:
-                raise InvalidMessageError("truncated length-delimited field")
-            fields[number] = data[pos : pos + length]
-            pos += length
-        elif wire_type == FIXED64:
-            pos += 8
-        elif wire_type == FIXED32:
-            pos += 4
-        else:
-            raise InvalidMessageError(f"unsupported protobuf wire type {wire_type}")
-        if pos > end:
-            raise InvalidMessageError("truncated fixed-width field")
-    return fields
-
-
-def decode_repeated(data: bytes) -> dict[int, list[int | bytes]]:
-    """Like :func:`decode`, but keeps every occurrence of a field in order.
-
-    Used for the bridge's own nested record formats, which have repeated fields.
-    """
-    fields: dict[int, list[int | bytes]] = {}
-    pos = 0
-    end = len(data)
-    while pos < end:
-        key, pos = _read_varint(data, pos)
-        number = key >> 3
-        wire_type = key & 7
-        if number == 0 or number > _MAX_FIELD_NUMBER:
-            raise InvalidMessageError("invalid protobuf field number")
-        value: int | bytes
+        value: int | bytes | None = None
         if wire_type == VARINT:
             value, pos = _read_varint(data, pos)
         elif wire_type == BYTES:
@@ -123,9 +88,30 @@ def decode_repeated(data: bytes) -> dict[int, list[int | bytes]]:
                 raise InvalidMessageError("truncated length-delimited field")
             value = data[pos : pos + length]
             pos += length
+        elif wire_type in (FIXED64, FIXED32):
+            pos += 8 if wire_type == FIXED64 else 4
+            if pos > end:
+                raise InvalidMessageError("truncated fixed-width field")
         else:
             raise InvalidMessageError(f"unsupported protobuf wire type {wire_type}")
-        fields.setdefault(number, []).append(value)
+        yield number, wire_type, value
+
+
+def decode(data: bytes) -> dict[int, int | bytes]:
+    """Decode a flat message into {field number: last value}, as proto2 does for scalars.
+
+    Varints come back as ``int`` and length-delimited fields as ``bytes``; fixed-width
+    fields are skipped since no Signal message defines one.
+    """
+    return {number: value for number, _, value in iter_fields(data) if value is not None}
+
+
+def decode_repeated(data: bytes) -> dict[int, list[int | bytes]]:
+    """Like :func:`decode`, but keeps every occurrence of a field in order."""
+    fields: dict[int, list[int | bytes]] = {}
+    for number, _, value in iter_fields(data):
+        if value is not None:
+            fields.setdefault(number, []).append(value)
     return fields
 
 

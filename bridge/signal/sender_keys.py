@@ -19,20 +19,17 @@ from hashlib import sha256
 from . import protobuf
 from .curve import KeyPair, PublicKey
 from .errors import (
-    DuplicateMessageError,
     InvalidKeyError,
     InvalidMessageError,
     InvalidRecordError,
     InvalidSignatureError,
     NoSenderKeyStateError,
-    TooFarInFutureError,
 )
 from .kdf import INFO_GROUP, aes_cbc_decrypt, aes_cbc_encrypt, hkdf_sha256
 from .messages import SenderKeyDistributionMessage, SenderKeyMessage, SenderKeySchema
+from .skipped_keys import MAX_MESSAGE_KEYS, keys_for_counter
 
 MAX_SENDER_KEY_STATES = 5
-MAX_MESSAGE_KEYS = 2000
-MAX_FORWARD_JUMPS = 2000
 RECORD_FORMAT_VERSION = 1
 _SKIPPED = struct.Struct(">I16s32s")
 
@@ -42,6 +39,10 @@ class SenderMessageKey:
     iteration: int
     iv: bytes = field(repr=False)
     cipher_key: bytes = field(repr=False)
+
+    @property
+    def counter(self) -> int:
+        return self.iteration
 
     @classmethod
     def derive(cls, seed: bytes, iteration: int) -> SenderMessageKey:
@@ -54,10 +55,14 @@ class SenderChainKey:
     iteration: int
     seed: bytes = field(repr=False)
 
+    @property
+    def index(self) -> int:
+        return self.iteration
+
     def next(self) -> SenderChainKey:
         return SenderChainKey(self.iteration + 1, hmac.digest(self.seed, b"\x02", sha256))
 
-    def message_key(self) -> SenderMessageKey:
+    def message_keys(self) -> SenderMessageKey:
         return SenderMessageKey.derive(hmac.digest(self.seed, b"\x01", sha256), self.iteration)
 
 
@@ -201,7 +206,7 @@ def group_encrypt(
         raise NoSenderKeyStateError("no sender key of our own for this group")
     state = record.states[0]
     assert state.signing_private is not None
-    key = state.chain_key.message_key()
+    key = state.chain_key.message_keys()
     message = SenderKeyMessage.create(
         key_id=state.key_id,
         iteration=key.iteration,
@@ -222,27 +227,7 @@ def group_decrypt(
     index, state = found
     if not message.verify_signature(state.signing_public):
         raise InvalidSignatureError("sender key message signature did not verify")
-    state, key = _message_key(state, message.iteration)
+    chain_key, skipped, key = keys_for_counter(state.chain_key, state.skipped, message.iteration)
+    state = replace(state, chain_key=chain_key, skipped=skipped)
     plaintext = aes_cbc_decrypt(key.cipher_key, key.iv, message.ciphertext)
     return record.with_state(index, state), plaintext
-
-
-def _message_key(state: SenderKeyState, iteration: int) -> tuple[SenderKeyState, SenderMessageKey]:
-    chain = state.chain_key
-    if chain.iteration > iteration:
-        for position, key in enumerate(state.skipped):
-            if key.iteration == iteration:
-                skipped = state.skipped[:position] + state.skipped[position + 1 :]
-                return replace(state, skipped=skipped), key
-        raise DuplicateMessageError(f"sender key iteration {iteration} was already received")
-    if iteration - chain.iteration > MAX_FORWARD_JUMPS:
-        raise TooFarInFutureError("sender key message is too far into the future")
-    new_skipped = []
-    while chain.iteration < iteration:
-        new_skipped.append(chain.message_key())
-        chain = chain.next()
-    skipped = state.skipped
-    if new_skipped:
-        new_skipped.reverse()
-        skipped = (*new_skipped, *skipped)[:MAX_MESSAGE_KEYS]
-    return replace(state, chain_key=chain.next(), skipped=skipped), chain.message_key()

@@ -22,14 +22,12 @@ from .errors import (
     InvalidPreKeyIdError,
     NoSessionError,
     SignalError,
-    TooFarInFutureError,
 )
-from .kdf import MessageKeys, aes_cbc_decrypt, aes_cbc_encrypt
+from .kdf import aes_cbc_decrypt, aes_cbc_encrypt
 from .messages import MessageType, PreKeySignalMessage, SignalMessage
 from .prekeys import IdentityKeyPair, PreKeyBundle, PreKeyRecord, SignedPreKeyRecord
+from .skipped_keys import keys_for_counter
 from .state import (
-    MAX_FORWARD_JUMPS,
-    MAX_MESSAGE_KEYS,
     PendingPreKey,
     ReceiverChain,
     SessionRecord,
@@ -244,33 +242,11 @@ def _decrypt_with_state(state: SessionState, message: SignalMessage) -> tuple[Se
             sender_chain=sending,
         )
         chain_index, chain = None, ReceiverChain(their_ratchet, receiving)
-    chain, keys = _message_keys(chain, message.counter)
+    chain_key, skipped, keys = keys_for_counter(chain.chain_key, chain.skipped, message.counter)
+    chain = ReceiverChain(chain.ratchet_key, chain_key, skipped)
     message.verify_mac(state.remote_identity, state.local_identity, keys.mac_key)
     plaintext = aes_cbc_decrypt(keys.cipher_key, keys.iv, message.ciphertext)
     state = state.with_receiver_chain(chain_index, chain)
     if state.pending_pre_key is not None:
         state = replace(state, pending_pre_key=None)
     return state, plaintext
-
-
-def _message_keys(chain: ReceiverChain, counter: int) -> tuple[ReceiverChain, MessageKeys]:
-    chain_key = chain.chain_key
-    if chain_key.index > counter:
-        for position, keys in enumerate(chain.skipped):
-            if keys.counter == counter:
-                skipped = chain.skipped[:position] + chain.skipped[position + 1 :]
-                return replace(chain, skipped=skipped), keys
-        raise DuplicateMessageError(f"message counter {counter} was already received")
-    if counter - chain_key.index > MAX_FORWARD_JUMPS:
-        raise TooFarInFutureError(
-            f"message is {counter - chain_key.index} messages ahead, more than {MAX_FORWARD_JUMPS}"
-        )
-    new_skipped: list[MessageKeys] = []
-    while chain_key.index < counter:
-        new_skipped.append(chain_key.message_keys())
-        chain_key = chain_key.next()
-    skipped = chain.skipped
-    if new_skipped:
-        new_skipped.reverse()
-        skipped = (*new_skipped, *skipped)[:MAX_MESSAGE_KEYS]
-    return ReceiverChain(chain.ratchet_key, chain_key.next(), skipped), chain_key.message_keys()

@@ -3,7 +3,7 @@
 Every operation returns a new value and leaves the old one untouched, so a caller that
 fails to persist the result still holds a record that decrypts what it decrypted
 before. Limits follow libsignal (``rust/protocol/src/consts.rs``) where WhatsApp-lineage
-clients agree with it; the forward-jump limit follows the WhatsApp lineage (2,000).
+clients agree with it; see :mod:`.skipped_keys` for the per-chain ones.
 """
 
 from __future__ import annotations
@@ -14,10 +14,9 @@ from dataclasses import dataclass, field, replace
 from .curve import KeyPair, PublicKey
 from .errors import InvalidKeyError, InvalidRecordError
 from .kdf import ChainKey, MessageKeys, RootKey
+from .skipped_keys import MAX_MESSAGE_KEYS
 
 MAX_RECEIVER_CHAINS = 5
-MAX_MESSAGE_KEYS = 2000
-MAX_FORWARD_JUMPS = 2000
 ARCHIVED_STATES_MAX_LENGTH = 40
 MAX_UNACKNOWLEDGED_SESSION_AGE_MS = 30 * 24 * 3600 * 1000
 

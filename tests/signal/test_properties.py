@@ -212,3 +212,13 @@ async def test_bundle_round_trip_helper_builds_valid_bundle() -> None:
     assert bundle.identity_key.verify(
         bundle.signed_pre_key.serialize(), bundle.signed_pre_key_signature
     )
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.binary(min_size=32, max_size=32), st.binary(max_size=70), st.binary(max_size=40))
+def test_verify_with_arbitrary_key_and_signature_returns_false(
+    key: bytes, signature: bytes, message: bytes
+) -> None:
+    # Points off the curve and malformed signatures are a plain "no", never an exception.
+    assert PublicKey(key).verify(message, signature) in (True, False)
+    assert not PublicKey(key).verify(message, signature[:63])
