@@ -8,6 +8,7 @@ client's JSON payload ``{"v", "login", "token", "client_ip"}``.
 
 from __future__ import annotations
 
+import contextlib
 import json
 from typing import Any, Protocol
 
@@ -95,10 +96,8 @@ class NoiseChannel:
         wire = code if code.value.isdigit() else GipErrorCode.BAD_REQUEST
         if wire is GipErrorCode.TOO_LARGE:
             wire = GipErrorCode.BAD_REQUEST
-        try:
+        with contextlib.suppress(GipError, ConnectionError, RuntimeError):
             await self.send(stream_error(wire))
-        except (GipError, ConnectionError, RuntimeError):
-            pass
         await self.close()
 
     async def close(self) -> None:
