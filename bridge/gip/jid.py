@@ -12,9 +12,7 @@ from .errors import GipError, GipErrorCode
 
 PARTNER_SERVER = "interop"
 NATIVE_SERVER = "native"
-_JID = re.compile(
-    r"^(?P<user>[0-9A-Za-z.\-_]{1,64})(?::(?P<device>\d{1,3}))?@(?P<server>[a-z.]{1,32})$"
-)
+_JID = re.compile(r"^(?P<user>[0-9A-Za-z.\-_]{1,64})(?::(?P<device>\d{1,3}))?@(?P<server>[a-z.]{1,32})$")
 
 
 @dataclass(frozen=True, slots=True, order=True)

@@ -108,9 +108,7 @@ class CipherState:
 class _SymmetricState:
     def __init__(self) -> None:
         self.h = (
-            PROTOCOL_NAME.ljust(32, b"\x00")
-            if len(PROTOCOL_NAME) <= 32
-            else sha256(PROTOCOL_NAME).digest()
+            PROTOCOL_NAME.ljust(32, b"\x00") if len(PROTOCOL_NAME) <= 32 else sha256(PROTOCOL_NAME).digest()
         )
         self.ck = self.h
         self.cipher = CipherState(None, HANDSHAKE_MAX)

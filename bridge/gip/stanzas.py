@@ -70,18 +70,14 @@ def device_list_hash(device_ids: Iterable[int]) -> str:
 
 
 def iq(stanza_id: str, iq_type: str, xmlns: str, *children: Node, **attrs: str) -> Node:
-    return Node(
-        "iq", {"id": check_id(stanza_id), "type": iq_type, "xmlns": xmlns, **attrs}, list(children)
-    )
+    return Node("iq", {"id": check_id(stanza_id), "type": iq_type, "xmlns": xmlns, **attrs}, list(children))
 
 
 def iq_result(stanza_id: str, *children: Node) -> Node:
     return Node("iq", {"id": stanza_id, "type": "result"}, list(children))
 
 
-def iq_error(
-    stanza_id: str, code: GipErrorCode, text: str = "", retry_after: int | None = None
-) -> Node:
+def iq_error(stanza_id: str, code: GipErrorCode, text: str = "", retry_after: int | None = None) -> Node:
     error = Node("error", {"code": code.value, "text": text})
     if retry_after is not None:
         error.attrs["retry_after"] = str(retry_after)
@@ -123,9 +119,7 @@ class SignedPreKey:
 
 
 def _key_node(tag: str, key: PreKey | SignedPreKey) -> Node:
-    node = Node(
-        tag, children=[Node("id", text=_int_bytes(key.id, 3)), Node("value", text=b64e(key.public))]
-    )
+    node = Node(tag, children=[Node("id", text=_int_bytes(key.id, 3)), Node("value", text=b64e(key.public))])
     if isinstance(key, SignedPreKey):
         node.children.append(Node("signature", text=b64e(key.signature)))
     return node
@@ -147,9 +141,7 @@ def _parse_signed_prekey(node: Node) -> SignedPreKey:
 
 
 def upload_prekeys(stanza_id: str, keys: Sequence[PreKey]) -> Node:
-    return iq(
-        stanza_id, "set", XMLNS_KEYS, Node("list", children=[_key_node("key", k) for k in keys])
-    )
+    return iq(stanza_id, "set", XMLNS_KEYS, Node("list", children=[_key_node("key", k) for k in keys]))
 
 
 def parse_upload_prekeys(node: Node) -> list[PreKey]:
@@ -226,8 +218,7 @@ def bundle_list(items: Iterable[Bundle | BundleError]) -> Node:
     return Node(
         "list",
         children=[
-            bundle_node(i) if isinstance(i, Bundle) else bundle_error_node(i.jid, i.code)
-            for i in items
+            bundle_node(i) if isinstance(i, Bundle) else bundle_error_node(i.jid, i.code) for i in items
         ],
     )
 
@@ -365,9 +356,7 @@ class OutgoingMessage:
             [
                 Node(
                     "participants",
-                    children=[
-                        Node("to", {"jid": str(j)}, [e.node()]) for j, e in self.participants
-                    ],
+                    children=[Node("to", {"jid": str(j)}, [e.node()]) for j, e in self.participants],
                 )
             ],
         )
@@ -467,15 +456,11 @@ class Receipt:
         children: list[Node] = []
         if self.type is ReceiptType.READ:
             attrs["type"] = "read"
-            children.append(
-                Node("list", children=[Node("item", {"id": i}) for i in self.message_ids])
-            )
+            children.append(Node("list", children=[Node("item", {"id": i}) for i in self.message_ids]))
         elif self.type is ReceiptType.RETRY:
             attrs["type"] = "retry"
             children.append(
-                Node(
-                    "retry", {"count": str(self.retry_count), "id": self.id, "t": str(self.retry_t)}
-                )
+                Node("retry", {"count": str(self.retry_count), "id": self.id, "t": str(self.retry_t)})
             )
             if self.registration_id is not None:
                 children.append(Node("registration", text=_int_bytes(self.registration_id, 4)))
@@ -492,9 +477,7 @@ class Receipt:
             return cls(stanza_id, peer, ReceiptType.DELIVERED)
         if kind == "read":
             items = node.child("list")
-            ids = (
-                tuple(check_id(i.attr("id")) for i in items.all("item")) if items else (stanza_id,)
-            )
+            ids = tuple(check_id(i.attr("id")) for i in items.all("item")) if items else (stanza_id,)
             return cls(stanza_id, peer, ReceiptType.READ, ids or (stanza_id,))
         if kind == "retry":
             retry = node.require_child("retry")
@@ -513,9 +496,7 @@ class Receipt:
                 ReceiptType.RETRY,
                 retry_count=count,
                 retry_t=int(retry.get("t", "0") or 0) if (retry.get("t") or "0").isdigit() else 0,
-                registration_id=_bytes_int(registration.text, 4, "registration")
-                if registration
-                else None,
+                registration_id=_bytes_int(registration.text, 4, "registration") if registration else None,
                 keys=bundle,
             )
         raise GipError(GipErrorCode.BAD_REQUEST, "unknown receipt type")

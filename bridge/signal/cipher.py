@@ -45,9 +45,7 @@ class SessionCipher:
 
     async def process_bundle(self, bundle: PreKeyBundle) -> IdentityChange:
         """Open a new session from the peer's bundle; an existing one is archived."""
-        if not await self._store.is_trusted_identity(
-            self._address, bundle.identity_key, Direction.SENDING
-        ):
+        if not await self._store.is_trusted_identity(self._address, bundle.identity_key, Direction.SENDING):
             raise UntrustedIdentityError(f"untrusted identity for {self._address}")
         record = await self._store.load_session(self._address) or SessionRecord()
         record = session.process_bundle(
@@ -95,9 +93,7 @@ class SessionCipher:
         record, plaintext = session.decrypt_signal_message(record, message)
         assert record.current is not None
         remote_identity = record.current.remote_identity
-        if not await self._store.is_trusted_identity(
-            self._address, remote_identity, Direction.RECEIVING
-        ):
+        if not await self._store.is_trusted_identity(self._address, remote_identity, Direction.RECEIVING):
             raise UntrustedIdentityError(f"untrusted identity for {self._address}")
         await self._store.store_session(self._address, record)
         change = await self._store.save_identity(self._address, remote_identity)
@@ -110,9 +106,7 @@ class SessionCipher:
             raise UntrustedIdentityError(f"untrusted identity for {self._address}")
         record = await self._store.load_session(self._address) or SessionRecord()
         one_time = (
-            await self._store.load_pre_key(message.pre_key_id)
-            if message.pre_key_id is not None
-            else None
+            await self._store.load_pre_key(message.pre_key_id) if message.pre_key_id is not None else None
         )
         record, plaintext, consumed = session.decrypt_prekey_message(
             record,

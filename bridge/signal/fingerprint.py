@@ -36,8 +36,7 @@ def _half(iterations: int, stable_id: bytes, key: PublicKey) -> bytes:
 
 def _display_half(digest: bytes) -> str:
     return "".join(
-        f"{int.from_bytes(digest[offset : offset + 5], 'big') % 100000:05d}"
-        for offset in range(0, 30, 5)
+        f"{int.from_bytes(digest[offset : offset + 5], 'big') % 100000:05d}" for offset in range(0, 30, 5)
     )
 
 

@@ -24,9 +24,7 @@ class GroupCipher:
         self._schema = schema
         self._uuid = distribution_uuid
 
-    async def create_distribution_message(
-        self, own_address: ProtocolAddress
-    ) -> SenderKeyDistributionMessage:
+    async def create_distribution_message(self, own_address: ProtocolAddress) -> SenderKeyDistributionMessage:
         record = await self._store.load_sender_key(own_address, self._distribution_id)
         record, message = sender_keys.create_distribution_message(
             record or SenderKeyRecord(), schema=self._schema, distribution_id=self._uuid

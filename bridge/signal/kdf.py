@@ -72,9 +72,7 @@ class ChainKey:
 class RootKey:
     key: bytes = field(repr=False)
 
-    def create_chain(
-        self, their_ratchet: PublicKey, our_ratchet: KeyPair
-    ) -> tuple[RootKey, ChainKey]:
+    def create_chain(self, their_ratchet: PublicKey, our_ratchet: KeyPair) -> tuple[RootKey, ChainKey]:
         """One DH-ratchet step: a new root key and a fresh chain at index 0."""
         material = hkdf_sha256(our_ratchet.agree(their_ratchet), self.key, INFO_RATCHET, 64)
         return RootKey(material[:32]), ChainKey(material[32:], 0)

@@ -80,9 +80,7 @@ def _uint32(fields: dict[int, int | bytes], number: int, what: str) -> int:
     return value
 
 
-def _mac(
-    mac_key: bytes, sender_identity: PublicKey, receiver_identity: PublicKey, body: bytes
-) -> bytes:
+def _mac(mac_key: bytes, sender_identity: PublicKey, receiver_identity: PublicKey, body: bytes) -> bytes:
     data = sender_identity.serialize() + receiver_identity.serialize() + body
     return hmac.digest(mac_key, data, sha256)[:MAC_LENGTH]
 
@@ -149,9 +147,7 @@ class SignalMessage:
             data,
         )
 
-    def verify_mac(
-        self, sender_identity: PublicKey, receiver_identity: PublicKey, mac_key: bytes
-    ) -> None:
+    def verify_mac(self, sender_identity: PublicKey, receiver_identity: PublicKey, mac_key: bytes) -> None:
         expected = _mac(mac_key, sender_identity, receiver_identity, self.serialized[:-MAC_LENGTH])
         if not hmac.compare_digest(expected, self.serialized[-MAC_LENGTH:]):
             raise InvalidMacError("MAC verification failed")
@@ -268,9 +264,7 @@ def _distribution_id(
         return None
     value = protobuf.get_bytes(fields, number)
     if value is None or len(value) != 16:
-        raise InvalidMessageError(
-            f"{schema.value} sender key message needs a 16-byte distribution id"
-        )
+        raise InvalidMessageError(f"{schema.value} sender key message needs a 16-byte distribution id")
     return value
 
 
@@ -308,9 +302,7 @@ class SenderKeyMessage:
         )
 
     @classmethod
-    def deserialize(
-        cls, data: bytes, schema: SenderKeySchema = SenderKeySchema.LEGACY
-    ) -> SenderKeyMessage:
+    def deserialize(cls, data: bytes, schema: SenderKeySchema = SenderKeySchema.LEGACY) -> SenderKeyMessage:
         data = bytes(data)
         if len(data) < 1 + SIGNATURE_LENGTH:
             raise InvalidMessageError("SenderKeyMessage is too short")
@@ -326,9 +318,7 @@ class SenderKeyMessage:
         return cls(version, key_id, iteration, ciphertext, data, distribution_id)
 
     def verify_signature(self, signing_key: PublicKey) -> bool:
-        return signing_key.verify(
-            self.serialized[:-SIGNATURE_LENGTH], self.serialized[-SIGNATURE_LENGTH:]
-        )
+        return signing_key.verify(self.serialized[:-SIGNATURE_LENGTH], self.serialized[-SIGNATURE_LENGTH:])
 
 
 @dataclass(frozen=True, slots=True)
@@ -374,9 +364,7 @@ class SenderKeyDistributionMessage:
     ) -> SenderKeyDistributionMessage:
         data = bytes(data)
         version = _check_version(data)
-        uuid_field, id_field, iteration_field, chain_field, signing_field = _SENDER_KEY_FIELDS[
-            schema
-        ]
+        uuid_field, id_field, iteration_field, chain_field, signing_field = _SENDER_KEY_FIELDS[schema]
         fields = protobuf.decode(data[1:])
         key_id = _uint32(fields, id_field, "sender key id")
         iteration = _uint32(fields, iteration_field, "iteration")

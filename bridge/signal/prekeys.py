@@ -85,9 +85,7 @@ class SignedPreKeyRecord:
     timestamp_ms: int
 
     @classmethod
-    def generate(
-        cls, identity: IdentityKeyPair, key_id: int, timestamp_ms: int
-    ) -> SignedPreKeyRecord:
+    def generate(cls, identity: IdentityKeyPair, key_id: int, timestamp_ms: int) -> SignedPreKeyRecord:
         key_pair = KeyPair.generate()
         return cls(key_id, key_pair, identity.sign(key_pair.public.serialize()), timestamp_ms)
 

@@ -96,9 +96,7 @@ class SenderKeyRecord:
     def serialize(self) -> bytes:
         states = []
         for state in self.states:
-            skipped = b"".join(
-                _SKIPPED.pack(k.iteration, k.iv, k.cipher_key) for k in state.skipped
-            )
+            skipped = b"".join(_SKIPPED.pack(k.iteration, k.iv, k.cipher_key) for k in state.skipped)
             states.append(
                 (
                     1,
@@ -145,9 +143,7 @@ def _deserialize_state(raw: int | bytes) -> SenderKeyState:
         raise InvalidRecordError("malformed skipped sender keys")
     public = PublicKey.deserialize(signing)
     pair = KeyPair.from_stored(private, public) if private is not None else None
-    skipped = tuple(
-        SenderMessageKey(i, iv, key) for i, iv, key in _SKIPPED.iter_unpack(skipped_blob)
-    )
+    skipped = tuple(SenderMessageKey(i, iv, key) for i, iv, key in _SKIPPED.iter_unpack(skipped_blob))
     return SenderKeyState(key_id, SenderChainKey(iteration, seed), public, pair, skipped)
 
 
@@ -218,9 +214,7 @@ def group_encrypt(
     return record.with_state(0, replace(state, chain_key=state.chain_key.next())), message
 
 
-def group_decrypt(
-    record: SenderKeyRecord, message: SenderKeyMessage
-) -> tuple[SenderKeyRecord, bytes]:
+def group_decrypt(record: SenderKeyRecord, message: SenderKeyMessage) -> tuple[SenderKeyRecord, bytes]:
     found = record.state_for(message.key_id)
     if found is None:
         raise NoSenderKeyStateError("no sender key state for this key id")

@@ -55,9 +55,7 @@ def process_bundle(
     Raises:
         InvalidSignatureError: the signed prekey is not signed by the bundle's identity.
     """
-    bundle.identity_key.verify_or_raise(
-        bundle.signed_pre_key.serialize(), bundle.signed_pre_key_signature
-    )
+    bundle.identity_key.verify_or_raise(bundle.signed_pre_key.serialize(), bundle.signed_pre_key_signature)
     base_key = KeyPair.generate()
     state = initialize_alice_session(
         our_identity=our_identity,
@@ -71,9 +69,7 @@ def process_bundle(
         state,
         local_registration_id=our_registration_id,
         remote_registration_id=bundle.registration_id,
-        pending_pre_key=PendingPreKey(
-            bundle.pre_key_id, bundle.signed_pre_key_id, base_key.public, now_ms
-        ),
+        pending_pre_key=PendingPreKey(bundle.pre_key_id, bundle.signed_pre_key_id, base_key.public, now_ms),
     )
     return record.promote_state(state)
 
@@ -118,9 +114,7 @@ def encrypt(
     return SessionRecord(replace(state, sender_chain=chain.next()), record.previous), result
 
 
-def decrypt_signal_message(
-    record: SessionRecord, message: SignalMessage
-) -> tuple[SessionRecord, bytes]:
+def decrypt_signal_message(record: SessionRecord, message: SignalMessage) -> tuple[SessionRecord, bytes]:
     """Decrypt with the current state, else an archived one, which is then promoted.
 
     Raises:

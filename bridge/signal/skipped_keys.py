@@ -36,9 +36,7 @@ class ChainKeyLike(Protocol[K]):
 C = TypeVar("C", bound=ChainKeyLike)  # type: ignore[type-arg]
 
 
-def keys_for_counter(
-    chain_key: C, skipped: tuple[K, ...], counter: int
-) -> tuple[C, tuple[K, ...], K]:
+def keys_for_counter(chain_key: C, skipped: tuple[K, ...], counter: int) -> tuple[C, tuple[K, ...], K]:
     """The keys of message ``counter``, and the chain key and cached keys after taking them.
 
     ``skipped`` is newest first. Nothing is mutated; on error the caller's state is as it was.

@@ -127,10 +127,7 @@ class SessionRecord:
         if state is None:
             return False
         pending = state.pending_pre_key
-        return not (
-            pending is not None
-            and now_ms - pending.timestamp_ms > MAX_UNACKNOWLEDGED_SESSION_AGE_MS
-        )
+        return not (pending is not None and now_ms - pending.timestamp_ms > MAX_UNACKNOWLEDGED_SESSION_AGE_MS)
 
     def serialize(self) -> bytes:
         states = [] if self.current is None else [self.current]
@@ -214,9 +211,7 @@ def _serialize_state(state: SessionState) -> bytes:
                 len(chain.skipped),
             )
         )
-        parts.extend(
-            _SKIPPED_KEY.pack(k.counter, k.cipher_key, k.mac_key, k.iv) for k in chain.skipped
-        )
+        parts.extend(_SKIPPED_KEY.pack(k.counter, k.cipher_key, k.mac_key, k.iv) for k in chain.skipped)
     if pending is not None:
         parts.append(
             _PENDING.pack(
@@ -264,14 +259,10 @@ def _deserialize_state(data: bytes) -> SessionState:
             for counter, cipher, mac, iv in _SKIPPED_KEY.iter_unpack(data[offset:end])
         )
         offset = end
-        chains.append(
-            ReceiverChain(PublicKey.deserialize(ratchet_key), ChainKey(chain_key, index), skipped)
-        )
+        chains.append(ReceiverChain(PublicKey.deserialize(ratchet_key), ChainKey(chain_key, index), skipped))
     pending = None
     if has_pending:
-        has_one_time, pre_key_id, signed_pre_key_id, timestamp, base_key = _PENDING.unpack_from(
-            data, offset
-        )
+        has_one_time, pre_key_id, signed_pre_key_id, timestamp, base_key = _PENDING.unpack_from(data, offset)
         offset += _PENDING.size
         pending = PendingPreKey(
             pre_key_id if has_one_time else None,

@@ -176,9 +176,7 @@ class MemorySenderKeyStore:
     def __init__(self) -> None:
         self._records: dict[tuple[ProtocolAddress, str], bytes] = {}
 
-    async def load_sender_key(
-        self, sender: ProtocolAddress, distribution_id: str
-    ) -> SenderKeyRecord | None:
+    async def load_sender_key(self, sender: ProtocolAddress, distribution_id: str) -> SenderKeyRecord | None:
         from .sender_keys import SenderKeyRecord
 
         data = self._records.get((sender, distribution_id))
@@ -202,9 +200,7 @@ class MemorySignalStore(
     def __init__(
         self, identity: IdentityKeyPair, registration_id: int, *, accept_changes: bool = True
     ) -> None:
-        MemoryIdentityKeyStore.__init__(
-            self, identity, registration_id, accept_changes=accept_changes
-        )
+        MemoryIdentityKeyStore.__init__(self, identity, registration_id, accept_changes=accept_changes)
         MemoryPreKeyStore.__init__(self)
         MemorySignedPreKeyStore.__init__(self)
         MemorySessionStore.__init__(self)

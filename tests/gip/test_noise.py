@@ -75,7 +75,8 @@ def test_cacophony_vector() -> None:
         assert written.hex() == ciphertext
         assert receiver.read(written) == h(payload)
         sender, receiver = receiver, sender
-    assert initiator.result is not None and responder.result is not None
+    assert initiator.result is not None
+    assert responder.result is not None
     assert initiator.result.handshake_hash.hex() == VECTOR["handshake_hash"]
     assert responder.result.handshake_hash.hex() == VECTOR["handshake_hash"]
     assert initiator.result.remote_static == StaticKey.from_private(h(VECTOR["resp_static"])).public

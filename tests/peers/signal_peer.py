@@ -83,9 +83,7 @@ class RemoteParty:
         self.impl = impl
         self.registration_id = registration_id
         self.identity_key = unb64(
-            peer.call("new_party", party=name, impl=impl, registration_id=registration_id)[
-                "identity_key"
-            ]
+            peer.call("new_party", party=name, impl=impl, registration_id=registration_id)["identity_key"]
         )
         self._prekey_ids = itertools.count(1)
 

@@ -40,9 +40,7 @@ def fresh_pair(peer: NodeSignalPeer, impl: str) -> tuple[LocalParty, RemoteParty
     return LocalParty(f"py{n}", 1000 + n), RemoteParty(peer, f"js{n}", impl, 2000 + n)
 
 
-async def establish(
-    py: LocalParty, js: RemoteParty, *, python_initiates: bool, one_time: bool
-) -> None:
+async def establish(py: LocalParty, js: RemoteParty, *, python_initiates: bool, one_time: bool) -> None:
     """Open a session and exchange one message each way, so both sides have sent."""
     if python_initiates:
         await py.process_bundle(js.name, js.make_bundle(one_time=one_time))
@@ -321,9 +319,7 @@ async def test_sender_key_crypto_matches_libsignal(signal_peer: NodeSignalPeer) 
     group = GroupCipher(store, distribution, schema=schema, distribution_uuid=uuid_bytes)
 
     skdm = unb64(
-        signal_peer.call("sk_create", party=js.name, own=js_address, distribution_id=distribution)[
-            "skdm"
-        ]
+        signal_peer.call("sk_create", party=js.name, own=js_address, distribution_id=distribution)["skdm"]
     )
     await group.process_distribution_message(
         ProtocolAddress(js.name, 1), SenderKeyDistributionMessage.deserialize(skdm, schema)

@@ -83,9 +83,7 @@ async def _run_schedule(ops: list[tuple[str, int]]) -> None:
             )
             evicted = item.ratchet_key in seen[receiver] and item.ratchet_key not in live_chains
             try:
-                plaintext = await parties[receiver].decrypt(
-                    item.sender, item.message_type, item.body
-                )
+                plaintext = await parties[receiver].decrypt(item.sender, item.message_type, item.body)
             except SignalError:
                 assert item.delivered or evicted, "a first delivery failed without eviction"
             else:
@@ -175,9 +173,7 @@ async def _samples() -> tuple[LocalParty, LocalParty, list[tuple[int, bytes]]]:
 
 async def _mutated(noise: bytes, position: int) -> None:
     alice, bob, samples = await _samples()
-    for (message_type, body), receiver, sender in zip(
-        samples, (bob, alice), ("alice", "bob"), strict=True
-    ):
+    for (message_type, body), receiver, sender in zip(samples, (bob, alice), ("alice", "bob"), strict=True):
         cut = position % (len(body) + 1)
         for mutated in (
             body[:cut] + noise + body[cut + len(noise) :],
@@ -209,9 +205,7 @@ async def test_bundle_round_trip_helper_builds_valid_bundle() -> None:
     bob = LocalParty("bob", 2)
     bundle = to_bundle(await bob.make_bundle(one_time=False))
     assert bundle.pre_key is None
-    assert bundle.identity_key.verify(
-        bundle.signed_pre_key.serialize(), bundle.signed_pre_key_signature
-    )
+    assert bundle.identity_key.verify(bundle.signed_pre_key.serialize(), bundle.signed_pre_key_signature)
 
 
 @settings(max_examples=300, deadline=None)

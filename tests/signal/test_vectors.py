@@ -41,18 +41,10 @@ def test_hkdf_rfc5869(ikm: str, salt: str, info: str, length: int, okm: str) -> 
 
 
 def test_x25519_agreement_vector() -> None:
-    alice = KeyPair.from_private(
-        h("c806439dc9d2c476ffed8f2580c0888d58ab406bf7ae3698879021b96bb4bf59")
-    )
-    bob = KeyPair.from_private(
-        h("b03b34c33a1c44f225b662d2bf4859b8135411fa7b0386d45fb75dc5b91b4466")
-    )
-    assert alice.public.raw.hex() == (
-        "1bb75966f2e93a3691dfff942bb2a466a1c08b8d78ca3f4d6df8b8bfa2e4ee28"
-    )
-    assert (
-        bob.public.raw.hex() == "653614993d2b15ee9e5fd3d86ce719ef4ec1daae1886a87b3f5fa9565a27a22f"
-    )
+    alice = KeyPair.from_private(h("c806439dc9d2c476ffed8f2580c0888d58ab406bf7ae3698879021b96bb4bf59"))
+    bob = KeyPair.from_private(h("b03b34c33a1c44f225b662d2bf4859b8135411fa7b0386d45fb75dc5b91b4466"))
+    assert alice.public.raw.hex() == ("1bb75966f2e93a3691dfff942bb2a466a1c08b8d78ca3f4d6df8b8bfa2e4ee28")
+    assert bob.public.raw.hex() == "653614993d2b15ee9e5fd3d86ce719ef4ec1daae1886a87b3f5fa9565a27a22f"
     shared = "325f239328941ced6e673b86ba41017448e99b649a9c3806c1dd7ca4c477e629"
     assert alice.agree(bob.public).hex() == shared
     assert bob.agree(alice.public).hex() == shared
@@ -62,13 +54,9 @@ def test_chain_key_derivation() -> None:
     seed = h("8ab72d6f4cc5ac0d387eaf463378ddb28edd07385b1cb01250c715982e7ad48f")
     chain = ChainKey(seed, 0)
     keys = chain.message_keys()
-    assert keys.cipher_key.hex() == (
-        "bf51e9d75e0e31031051f82a2491ffc084fa298b7793bd9db620056febf45217"
-    )
+    assert keys.cipher_key.hex() == ("bf51e9d75e0e31031051f82a2491ffc084fa298b7793bd9db620056febf45217")
     assert keys.mac_key.hex() == "c6c77d6a73a354337a56435e34607dfe48e3ace14e77314dc6abc172e7a7030b"
-    assert chain.next().key.hex() == (
-        "28e8f8fee54b801eef7c5cfb2f17f32c7b334485bbb70fac6ec10342a246d15d"
-    )
+    assert chain.next().key.hex() == ("28e8f8fee54b801eef7c5cfb2f17f32c7b334485bbb70fac6ec10342a246d15d")
     assert keys.counter == 0
     assert chain.next().index == 1
     assert chain.next().message_keys().counter == 1
@@ -150,9 +138,7 @@ def test_xeddsa_vector_bit_flips_refused(index: int) -> None:
 
 
 def test_xeddsa_private_vector_derives_public() -> None:
-    private = h(
-        "c097248412e58bf05df48796820513279417 8e367637f5818f81e0e6ce73e865".replace(" ", "")
-    )
+    private = h("c097248412e58bf05df48796820513279417 8e367637f5818f81e0e6ce73e865".replace(" ", ""))
     assert KeyPair.from_private(private).public.raw == SIGNATURE_KEY
 
 
