@@ -1,0 +1,328 @@
+"""The sandbox control API (``/_sandbox``, bearer token): natives, policies, clock, faults.
+
+Not part of GIP: it is how tests, the demo and rehearsing admins drive the simulated
+side. Every route answers JSON; errors are ``{"error": code, "text": …}``.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import hmac
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from aiohttp import web
+
+from bridge.gip import stanzas as st
+from bridge.gip.content import (
+    Content,
+    ContextInfo,
+    Edit,
+    ExtendedText,
+    Media,
+    MessageKey,
+    Reaction,
+    Revoke,
+)
+from bridge.gip.errors import GipError, GipErrorCode
+from bridge.gip.jid import Jid
+from bridge.gip.media import MediaEncryptor, MediaType
+
+from .gatekeeper import MEDIA_KIND, Gatekeeper
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+_HTTP_STATUS = {
+    GipErrorCode.BAD_REQUEST: 400,
+    GipErrorCode.FORBIDDEN: 403,
+    GipErrorCode.NOT_FOUND: 404,
+    GipErrorCode.CONFLICT: 409,
+}
+
+
+def _error(code: GipErrorCode, text: str) -> web.Response:
+    return web.json_response({"error": code.value, "text": text}, status=_HTTP_STATUS.get(code, 400))
+
+
+def authorized(gatekeeper: Gatekeeper, request: web.Request) -> bool:
+    header = request.headers.get("Authorization", "")
+    expected = f"Bearer {gatekeeper.config.control_token}"
+    return hmac.compare_digest(header.encode(), expected.encode())
+
+
+async def _json(request: web.Request) -> dict[str, Any]:
+    try:
+        data = await request.json()
+    except ValueError:
+        raise GipError(GipErrorCode.BAD_REQUEST, "body must be JSON") from None
+    if not isinstance(data, dict):
+        raise GipError(GipErrorCode.BAD_REQUEST, "body must be a JSON object")
+    return data
+
+
+def _key(data: dict[str, Any], *, from_me: bool) -> MessageKey:
+    message_id = data.get("id")
+    if not isinstance(message_id, str) or not message_id:
+        raise GipError(GipErrorCode.BAD_REQUEST, "a message id is required")
+    return MessageKey(id=message_id, from_me=bool(data.get("from_me", from_me)))
+
+
+async def _content(gk: Gatekeeper, native_iid: str, data: dict[str, Any]) -> tuple[Content, str]:
+    """Build the Content a native sends from the control request."""
+    if "text" in data and "reply_to" not in data:
+        return Content(text=str(data["text"])), "text"
+    if "reply_to" in data:
+        reply = data["reply_to"]
+        context = ContextInfo(stanza_id=str(reply["id"]), participant=str(reply.get("participant", "")))
+        if "quoted" in reply:
+            context.quoted.CopyFrom(Content(text=str(reply["quoted"])))
+        return Content(
+            extended_text=ExtendedText(text=str(data.get("text", "")), context_info=context)
+        ), "text"
+    if "reaction" in data:
+        reaction = data["reaction"]
+        return Content(
+            reaction=Reaction(
+                key=_key(reaction, from_me=False),
+                text=str(reaction.get("emoji", "")),
+                sender_timestamp_ms=gk.clock.now_ms(),
+            )
+        ), "reaction"
+    if "revoke" in data:
+        return Content(revoke=Revoke(key=_key(data["revoke"], from_me=True))), "revoke"
+    if "edit" in data:
+        edit = data["edit"]
+        return Content(
+            edit=Edit(
+                key=_key(edit, from_me=True), text=str(edit.get("text", "")), timestamp_ms=gk.clock.now_ms()
+            )
+        ), "text"
+    if "media" in data:
+        media = data["media"]
+        kind = media.get("kind")
+        if kind not in MEDIA_KIND:
+            raise GipError(GipErrorCode.BAD_REQUEST, "media.kind must be image, video, audio or document")
+        try:
+            plaintext = base64.b64decode(media.get("data", ""), validate=True)
+        except (binascii.Error, ValueError):
+            raise GipError(GipErrorCode.BAD_REQUEST, "media.data must be base64") from None
+        media_type: MediaType = MEDIA_KIND[kind]
+        encryptor = MediaEncryptor(media_type)
+        blob = encryptor.update(plaintext) + encryptor.finalize()
+        info = encryptor.result
+        assert info is not None
+        path = await gk.store_native_media(native_iid, blob)
+        body = Media(
+            direct_path=path,
+            media_key=info.media_key,
+            file_sha256=info.file_sha256,
+            file_enc_sha256=info.file_enc_sha256,
+            file_length=info.file_length,
+            mimetype=str(media.get("mimetype", "application/octet-stream")),
+            caption=str(media.get("caption", "")),
+            file_name=str(media.get("file_name", "")),
+            width=int(media.get("width", 0)),
+            height=int(media.get("height", 0)),
+            seconds=int(media.get("seconds", 0)),
+            ptt=bool(media.get("ptt", False)),
+        )
+        content = Content()
+        getattr(content, kind).CopyFrom(body)
+        return content, "media"
+    raise GipError(
+        GipErrorCode.BAD_REQUEST, "say what to send: text, reply_to, reaction, revoke, edit or media"
+    )
+
+
+def routes(gk: Gatekeeper) -> list[web.RouteDef]:
+    def guarded(handler: Handler) -> Handler:
+        async def wrapped(request: web.Request) -> web.StreamResponse:
+            if not authorized(gk, request):
+                return web.json_response({"error": "401", "text": "bad control token"}, status=401)
+            try:
+                return await handler(request)
+            except GipError as exc:
+                return _error(exc.code, exc.text)
+            except (KeyError, TypeError, ValueError) as exc:
+                return _error(GipErrorCode.BAD_REQUEST, f"bad request: {type(exc).__name__}")
+
+        return wrapped
+
+    def native(request: web.Request) -> str:
+        iid = request.match_info["iid"]
+        user = gk.store.user(iid)
+        if user is None or user.kind != "native":
+            raise GipError(GipErrorCode.NOT_FOUND, "no such native user")
+        return iid
+
+    async def create_native(request: web.Request) -> web.Response:
+        data = await _json(request)
+        user = await gk.create_native(
+            str(data["uvid"]),
+            opted_in=bool(data.get("opted_in", True)),
+            devices=int(data.get("devices", 1)),
+            read_receipts=bool(data.get("read_receipts", True)),
+        )
+        return web.json_response({"iid": user.iid, "uvid": user.uvid, "devices": gk.device_list(user.iid)})
+
+    async def get_native(request: web.Request) -> web.Response:
+        iid = native(request)
+        user = gk.store.user(iid)
+        assert user is not None
+        return web.json_response(
+            {
+                "iid": iid,
+                "uvid": user.uvid,
+                "opted_in": user.opted_in,
+                "restricted": list(user.restricted),
+                "devices": gk.device_list(iid),
+                "blocked": gk.store.blocklist(iid),
+            }
+        )
+
+    async def set_opt_in(request: web.Request) -> web.Response:
+        iid, data = native(request), await _json(request)
+        fields: dict[str, Any] = {"opted_in": int(bool(data["opted_in"]))}
+        if "restricted" in data:
+            fields["restricted"] = [str(i) for i in data["restricted"]]
+        if "read_receipts" in data:
+            fields["read_receipts"] = int(bool(data["read_receipts"]))
+        gk.store.update_user(iid, **fields)
+        return web.json_response({"ok": True})
+
+    async def send(request: web.Request) -> web.Response:
+        iid, data = native(request), await _json(request)
+        content, message_type = await _content(gk, iid, data)
+        message_id = await gk.native_send(
+            iid,
+            str(data["to"]),
+            content,
+            message_type,
+            device=int(data.get("device", 0)),
+            message_id=data.get("id"),
+        )
+        return web.json_response({"id": message_id})
+
+    async def typing(request: web.Request) -> web.Response:
+        iid, data = native(request), await _json(request)
+        await gk.native_chatstate(iid, str(data["to"]), st.ChatState(data.get("state", "composing")))
+        return web.json_response({"ok": True})
+
+    async def read(request: web.Request) -> web.Response:
+        iid, data = native(request), await _json(request)
+        ids = [str(i) for i in data["ids"]]
+        if not ids:
+            raise GipError(GipErrorCode.BAD_REQUEST, "ids must not be empty")
+        await gk.native_read(iid, str(data["to"]), ids)
+        return web.json_response({"ok": True})
+
+    async def events(request: web.Request) -> web.Response:
+        iid = native(request)
+        await gk.settle()
+        after = int(request.query.get("after", "0"))
+        return web.json_response({"events": gk.store.native_events(iid, after)})
+
+    async def reinstall(request: web.Request) -> web.Response:
+        iid, data = native(request), await _json(request)
+        await gk.reinstall_native(iid, int(data.get("device", 0)))
+        return web.json_response({"ok": True})
+
+    async def add_device(request: web.Request) -> web.Response:
+        device_id = await gk.add_native_device(native(request))
+        return web.json_response({"device": device_id})
+
+    async def remove_device(request: web.Request) -> web.Response:
+        await gk.remove_native_device(native(request), int(request.match_info["device"]))
+        return web.json_response({"ok": True})
+
+    async def block(request: web.Request) -> web.Response:
+        iid, data = native(request), await _json(request)
+        gk.store.set_block(iid, str(Jid.parse(str(data["jid"])).bare), bool(data.get("blocked", True)))
+        return web.json_response({"ok": True})
+
+    async def advance_clock(request: web.Request) -> web.Response:
+        data = await _json(request)
+        gk.clock.advance(float(data["seconds"]))
+        gk.expire(gk.clock.now())
+        return web.json_response({"now": gk.clock.now()})
+
+    async def faults(request: web.Request) -> web.Response:
+        data = await _json(request)
+        result: dict[str, Any] = {}
+        if "drop" in data:
+            result["dropped"] = await gk.kick(str(data["drop"]), GipErrorCode.UNAVAILABLE)
+        if "ack_delay" in data:
+            gk.faults.ack_delay = float(data["ack_delay"])
+        if "refuse_connect" in data:
+            refusal = data["refuse_connect"]
+            gk.faults.refuse_next_connect[str(refusal.get("iid", "*"))] = GipErrorCode(str(refusal["code"]))
+        if "refuse_message" in data:
+            refusal = data["refuse_message"]
+            gk.faults.refuse_next_message[str(refusal["iid"])] = GipErrorCode(str(refusal["code"]))
+        if "corrupt_next_from" in data:
+            gk.faults.corrupt_next_from.add(str(data["corrupt_next_from"]))
+        return web.json_response({"ok": True, **result})
+
+    def partner(request: web.Request) -> str:
+        iid = request.match_info["iid"]
+        user = gk.store.user(iid)
+        if user is None or user.kind != "partner":
+            raise GipError(GipErrorCode.NOT_FOUND, "no such Partner user")
+        return iid
+
+    async def get_partner(request: web.Request) -> web.Response:
+        iid = request.match_info["iid"]
+        user = gk.store.user(iid)
+        return web.json_response(
+            {
+                "iid": iid,
+                "enlisted": user is not None,
+                "uvid": user.uvid if user else None,
+                "connected": gk.connection(iid) is not None,
+                "mailbox": gk.store.mailbox_count(iid),
+                "prekeys": gk.store.count_prekeys(iid),
+                "suspended": bool(user and user.suspended),
+                "rows": gk.store.count_rows_for(iid),
+                "blocklist": gk.store.blocklist(iid),
+            }
+        )
+
+    async def find_partner(request: web.Request) -> web.Response:
+        user = gk.store.partner_by_uvid(request.query["integrator"], request.query["uvid"])
+        if user is None:
+            raise GipError(GipErrorCode.NOT_FOUND, "no such Partner user")
+        return web.json_response({"iid": user.iid})
+
+    async def suspend(request: web.Request) -> web.Response:
+        iid, data = partner(request), await _json(request)
+        fields: dict[str, Any] = {}
+        if "suspended" in data:
+            fields["suspended"] = int(bool(data["suspended"]))
+        if "eea_blocked" in data:
+            fields["eea_blocked"] = int(bool(data["eea_blocked"]))
+        gk.store.update_user(iid, **fields)
+        if fields.get("suspended"):
+            await gk.kick(iid, GipErrorCode.FORBIDDEN)
+        elif fields.get("eea_blocked"):
+            await gk.kick(iid, GipErrorCode.NOT_IN_EEA)
+        return web.json_response({"ok": True})
+
+    base = "/_sandbox"
+    return [
+        web.post(f"{base}/natives", guarded(create_native)),
+        web.get(f"{base}/natives/{{iid}}", guarded(get_native)),
+        web.post(f"{base}/natives/{{iid}}/opt_in", guarded(set_opt_in)),
+        web.post(f"{base}/natives/{{iid}}/send", guarded(send)),
+        web.post(f"{base}/natives/{{iid}}/typing", guarded(typing)),
+        web.post(f"{base}/natives/{{iid}}/read", guarded(read)),
+        web.get(f"{base}/natives/{{iid}}/events", guarded(events)),
+        web.post(f"{base}/natives/{{iid}}/reinstall", guarded(reinstall)),
+        web.post(f"{base}/natives/{{iid}}/devices", guarded(add_device)),
+        web.delete(f"{base}/natives/{{iid}}/devices/{{device}}", guarded(remove_device)),
+        web.post(f"{base}/natives/{{iid}}/block", guarded(block)),
+        web.post(f"{base}/clock/advance", guarded(advance_clock)),
+        web.post(f"{base}/faults", guarded(faults)),
+        web.get(f"{base}/partners", guarded(find_partner)),
+        web.get(f"{base}/partners/{{iid}}", guarded(get_partner)),
+        web.post(f"{base}/partners/{{iid}}/suspend", guarded(suspend)),
+    ]
