@@ -499,13 +499,19 @@ class Gatekeeper:
             self.store.first_contacts_since(sender.iid, now - DAY) >= limits.first_contacts_per_day
         ):
             return nack(GipErrorCode.RATE_LIMITED, int(DAY))
-        if not self.store.mark_seen(sender.iid, message.id, now):
-            # A resend of a message already stored: acknowledge, never deliver twice.
+        # Each device gets each id once: a resend (after a 409 or a lost ack) is acknowledged
+        # but not delivered again, except to a device whose retry receipt reopened it.
+        fresh = [
+            (jid, enc)
+            for jid, enc in message.participants
+            if self.store.mark_seen(sender.iid, f"{message.id}/{jid}", now)
+        ]
+        if not fresh:
             return st.ack(message.id, "message", t=int(now)), []
         self.store.add_contact(sender.iid, native.iid, now)
         followups: list[Callable[[], Awaitable[None]]] = []
         delivered_by: Jid | None = None
-        for jid, enc in message.participants:
+        for jid, enc in fresh:
             ok = await self._native_receive(native, jid, Jid.parse(sender.iid), message, enc, followups)
             if ok and delivered_by is None:
                 delivered_by = jid
@@ -593,6 +599,7 @@ class Gatekeeper:
     ) -> None:
         keys = await device.fresh_bundle() if count >= 2 else None
         registration = await device.signal.get_local_registration_id()
+        self.store.unmark_seen(str(partner.bare), f"{message_id}/{device.jid}")
         receipt = st.Receipt(
             message_id,
             device.jid,

@@ -399,6 +399,9 @@ class SandboxStore:
         cursor = self.db.execute("INSERT OR IGNORE INTO seen VALUES (?, ?, ?)", (sender, stanza_id, now))
         return cursor.rowcount == 1
 
+    def unmark_seen(self, sender: str, stanza_id: str) -> None:
+        self.db.execute("DELETE FROM seen WHERE sender = ? AND stanza_id = ?", (sender, stanza_id))
+
     def is_blocked(self, owner: str, other: str) -> bool:
         row = self.db.execute(
             "SELECT 1 FROM blocks WHERE owner = ? AND blocked = ?", (owner, other)

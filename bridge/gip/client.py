@@ -1,0 +1,625 @@
+"""The Partner side of GIP for one enlisted user: enlist, connect, keys, send, receive.
+
+One :class:`GipClient` is one Partner client (C): one Signal device and one chat
+connection. Signal state lives in the ``SignalStore`` it is given (in memory for tests,
+the bridge's database in production). Incoming events go to an async handler; a message
+is answered with its delivery receipt only after the handler returned, so a caller that
+persists in its handler acknowledges nothing it could lose. Reconnecting is the caller's
+job (the bridge's connection manager does it with backoff); :attr:`closed` says when.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import contextlib
+import itertools
+import logging
+import secrets
+import time
+from collections import OrderedDict
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import aiohttp
+
+from bridge.signal import (
+    DuplicateMessageError,
+    IdentityChange,
+    MessageType,
+    PreKeyBundle,
+    PreKeyRecord,
+    ProtocolAddress,
+    PublicKey,
+    SessionCipher,
+    SignalError,
+    SignalStore,
+    SignedPreKeyRecord,
+    generate_prekeys,
+)
+
+from . import stanzas as st
+from .content import Content, decode_content, encode_content
+from .errors import GipError, GipErrorCode
+from .jid import Jid
+from .noise import StaticKey
+from .stanza import Node
+from .transport import CHAT_PATH, PROTOCOL_VERSION, WS_MAX_MESSAGE, NoiseChannel, client_handshake
+
+log = logging.getLogger(__name__)
+
+ENLIST_REASONS = {
+    "bad_integrator": GipErrorCode.UNAUTHORIZED,
+    "bad_token": GipErrorCode.UNAUTHORIZED,
+    "bad_signature": GipErrorCode.BAD_REQUEST,
+    "not_eea": GipErrorCode.NOT_IN_EEA,
+    "version": GipErrorCode.VERSION,
+    "rate_limited": GipErrorCode.RATE_LIMITED,
+}
+REQUEST_TIMEOUT = 30.0
+MAX_409_RESENDS = 3
+SENT_MEMORY = 1000
+
+
+class EnlistError(GipError):
+    def __init__(self, reason: str) -> None:
+        super().__init__(ENLIST_REASONS.get(reason, GipErrorCode.SERVER_ERROR), reason)
+        self.reason = reason
+
+
+# --------------------------------------------------------------------------- events
+
+
+@dataclass(frozen=True, slots=True)
+class MessageEvent:
+    id: str
+    sender: Jid  # the sending device
+    type: str
+    t: int
+    content: Content = field(repr=False)
+    identity_changed: bool
+    offline: bool
+
+
+@dataclass(frozen=True, slots=True)
+class UndecryptableEvent:
+    id: str
+    sender: Jid
+    error: str
+    retry_count: int
+
+
+@dataclass(frozen=True, slots=True)
+class ReceiptEvent:
+    receipt: st.Receipt
+
+
+@dataclass(frozen=True, slots=True)
+class ChatStateEvent:
+    sender: Jid
+    state: st.ChatState
+
+
+@dataclass(frozen=True, slots=True)
+class NotificationEvent:
+    kind: str
+    sender: Jid | None
+    node: Node
+
+
+@dataclass(frozen=True, slots=True)
+class OfflineEvent:
+    count: int
+
+
+@dataclass(frozen=True, slots=True)
+class DisconnectedEvent:
+    code: GipErrorCode
+
+
+Event = (
+    MessageEvent
+    | UndecryptableEvent
+    | ReceiptEvent
+    | ChatStateEvent
+    | NotificationEvent
+    | OfflineEvent
+    | DisconnectedEvent
+)
+EventHandler = Callable[[Event], Awaitable[None]]
+
+
+@dataclass(frozen=True, slots=True)
+class _Sent:
+    to: Jid
+    type: str
+    plaintext: bytes = field(repr=False)
+
+
+def signal_address(jid: Jid) -> ProtocolAddress:
+    return ProtocolAddress(str(jid.bare), jid.device)
+
+
+def to_signal_bundle(bundle: st.Bundle) -> PreKeyBundle:
+    return PreKeyBundle(
+        registration_id=bundle.registration_id,
+        device_id=bundle.jid.device,
+        pre_key_id=bundle.pre_key.id if bundle.pre_key else None,
+        pre_key=PublicKey(bundle.pre_key.public) if bundle.pre_key else None,
+        signed_pre_key_id=bundle.signed_pre_key.id,
+        signed_pre_key=PublicKey(bundle.signed_pre_key.public),
+        signed_pre_key_signature=bundle.signed_pre_key.signature,
+        identity_key=PublicKey(bundle.identity),
+    )
+
+
+def _b64url(data: bytes) -> str:
+    return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
+
+
+class GipClient:
+    def __init__(
+        self,
+        *,
+        base_url: str,
+        store: SignalStore,
+        noise_static: StaticKey,
+        on_event: EventHandler | None = None,
+        iid: str | None = None,
+        client_ip: str | None = None,
+        http: aiohttp.ClientSession | None = None,
+        keepalive: float = 30.0,
+        clock: Callable[[], float] = time.time,
+        signed_pre_key_id: int = 1,
+    ) -> None:
+        self.base_url = base_url.rstrip("/")
+        self.store = store
+        self.noise_static = noise_static
+        self.on_event = on_event or _ignore
+        self.iid = iid
+        self.client_ip = client_ip
+        self._http = http
+        self._own_http = http is None
+        self._keepalive = keepalive
+        self._clock = clock
+        self.signed_pre_key_id = signed_pre_key_id
+        self._channel: NoiseChannel | None = None
+        self._ws: aiohttp.ClientWebSocketResponse | None = None
+        self._ids = itertools.count(1)
+        self._prefix = secrets.token_hex(4)
+        self._pending: dict[tuple[str, str], asyncio.Future[Node]] = {}
+        self._tasks: set[asyncio.Task[Any]] = set()
+        self._devices: dict[Jid, st.DeviceList] = {}
+        self._sent: OrderedDict[str, _Sent] = OrderedDict()
+        self._retries: dict[str, int] = {}
+        self._send_lock = asyncio.Lock()
+        self.closed = asyncio.Event()
+        self.closed.set()
+        self.disconnect_code: GipErrorCode | None = None
+        self.offline_count = 0
+
+    # ------------------------------------------------------------------ plumbing
+
+    @property
+    def http(self) -> aiohttp.ClientSession:
+        if self._http is None:
+            self._http = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=60))
+        return self._http
+
+    @property
+    def jid(self) -> Jid:
+        if self.iid is None:
+            raise GipError(GipErrorCode.NOT_ENLISTED, "not enlisted")
+        return Jid.parse(self.iid)
+
+    @property
+    def connected(self) -> bool:
+        return self._channel is not None and not self.closed.is_set()
+
+    def new_id(self) -> str:
+        return f"{self._prefix}{next(self._ids):x}".upper()
+
+    def _spawn(self, coro: Awaitable[Any], name: str) -> None:
+        task = asyncio.get_running_loop().create_task(coro, name=name)  # type: ignore[arg-type]
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _send(self, node: Node) -> None:
+        if self._channel is None or self.closed.is_set():
+            raise GipError(GipErrorCode.CLOSED, "not connected")
+        async with self._send_lock:
+            await self._channel.send(node)
+
+    async def _await(self, key: tuple[str, str], node: Node, timeout: float = REQUEST_TIMEOUT) -> Node:
+        future: asyncio.Future[Node] = asyncio.get_running_loop().create_future()
+        self._pending[key] = future
+        try:
+            await self._send(node)
+            return await asyncio.wait_for(future, timeout)
+        except TimeoutError:
+            raise GipError(GipErrorCode.TIMEOUT, f"no answer to {key[0]} {key[1]}") from None
+        finally:
+            self._pending.pop(key, None)
+
+    async def request(self, node: Node) -> Node:
+        """Send an iq and return its result; an error iq becomes a GipError."""
+        return st.raise_for_iq_error(await self._await(("iq", node.attrs["id"]), node))
+
+    # ------------------------------------------------------------------ enlistment
+
+    async def enlist(self, token: str) -> str:
+        """``POST /3p/interop_reg`` with our keys; returns and remembers our IID."""
+        identity = await self.store.get_identity_key_pair()
+        registration = await self.store.get_local_registration_id()
+        signed = await self._current_signed_prekey()
+        form = {
+            "authkey": _b64url(self.noise_static.public),
+            "e_keytype": _b64url(b"\x05"),
+            "e_regid": _b64url(registration.to_bytes(4, "big")),
+            "e_ident": _b64url(identity.public.raw),
+            "e_skey_id": _b64url(signed.id.to_bytes(3, "big")),
+            "e_skey_val": _b64url(signed.key_pair.public.raw),
+            "e_skey_sig": _b64url(signed.signature),
+            "token": token,
+            "v": str(PROTOCOL_VERSION),
+        }
+        async with self.http.post(f"{self.base_url}/3p/interop_reg", data=form) as response:
+            if response.status != 200:
+                raise GipError(GipErrorCode.SERVER_ERROR, f"enlistment answered HTTP {response.status}")
+            body = await response.json()
+        if body.get("status") != "ok":
+            raise EnlistError(str(body.get("reason", "unknown")))
+        self.iid = str(body["login"])
+        return self.iid
+
+    async def _current_signed_prekey(self) -> SignedPreKeyRecord:
+        record = await self.store.load_signed_pre_key(self.signed_pre_key_id)
+        if record is None:
+            raise GipError(GipErrorCode.NOT_FOUND, "no signed prekey in the store")
+        return record
+
+    # ------------------------------------------------------------------ connection
+
+    async def connect(self, token: str) -> int:
+        """Open the chat channel; returns how many stanzas waited in the mailbox.
+
+        Raises:
+            GipError: the gatekeeper's failure code (401, 403, 405, 409, 426, 428, 451, 503).
+        """
+        payload: dict[str, Any] = {"v": PROTOCOL_VERSION, "login": self.iid, "token": token}
+        if self.client_ip is not None:
+            payload["client_ip"] = self.client_ip
+        url = self.base_url.replace("http", "ws", 1) + CHAT_PATH
+        try:
+            ws = await self.http.ws_connect(url, max_msg_size=WS_MAX_MESSAGE, autoping=True)
+        except aiohttp.ClientError as exc:
+            raise GipError(GipErrorCode.UNAVAILABLE, f"cannot reach the gatekeeper: {exc}") from exc
+        try:
+            channel = await client_handshake(ws, self.noise_static, payload)
+            first = await channel.receive(timeout=REQUEST_TIMEOUT)
+        except (GipError, TimeoutError) as exc:
+            await ws.close()
+            if isinstance(exc, GipError) and exc.code is not GipErrorCode.CLOSED:
+                raise
+            raise GipError(GipErrorCode.UNAVAILABLE, "the gatekeeper closed the handshake") from None
+        if first.tag == "failure":
+            await ws.close()
+            retry = first.get("retry_after")
+            raise GipError(
+                GipErrorCode.from_wire(first.get("reason", "500") or "500"),
+                "connection refused",
+                retry_after=int(retry) if retry and retry.isdigit() else None,
+            )
+        if first.tag != "success":
+            await ws.close()
+            raise GipError(GipErrorCode.BAD_REQUEST, f"expected <success>, got <{first.tag}>")
+        self._ws, self._channel = ws, channel
+        self.closed.clear()
+        self.disconnect_code = None
+        self.offline_count = int(first.get("offline", "0") or 0)
+        self._spawn(self._read_loop(), "gip reader")
+        if self._keepalive:
+            self._spawn(self._keepalive_loop(), "gip keepalive")
+        return self.offline_count
+
+    async def close(self) -> None:
+        if self._channel is not None:
+            await self._channel.close()
+        for task in list(self._tasks):
+            if task is not asyncio.current_task():
+                task.cancel()
+        self.closed.set()
+        if self._own_http and self._http is not None:
+            await self._http.close()
+            self._http = None
+
+    async def _keepalive_loop(self) -> None:
+        while not self.closed.is_set():
+            await asyncio.sleep(self._keepalive)
+            try:
+                await self.ping()
+            except GipError:
+                if self._channel is not None:
+                    await self._channel.close()
+                return
+
+    async def _read_loop(self) -> None:
+        assert self._channel is not None
+        code = GipErrorCode.CLOSED
+        try:
+            while True:
+                try:
+                    node = await self._channel.receive()
+                except GipError as exc:
+                    code = exc.code
+                    break
+                if node.tag in ("failure", "stream:error"):
+                    code = GipErrorCode.from_wire(node.get("reason") or node.get("code") or "500")
+                    break
+                try:
+                    await self._dispatch(node)
+                except GipError as exc:
+                    log.warning("could not handle a <%s> stanza: %s", node.tag, exc.code.value)
+        finally:
+            self.disconnect_code = code
+            self.closed.set()
+            for future in self._pending.values():
+                if not future.done():
+                    future.set_exception(GipError(GipErrorCode.CLOSED, "connection closed"))
+            with contextlib.suppress(Exception):
+                await self.on_event(DisconnectedEvent(code))
+
+    async def _dispatch(self, node: Node) -> None:
+        tag = node.tag
+        if tag == "iq":
+            future = self._pending.get(("iq", node.get("id") or ""))
+            if future is not None and not future.done():
+                future.set_result(node)
+        elif tag == "ack":
+            future = self._pending.get(("ack", node.get("id") or ""))
+            if future is not None and not future.done():
+                future.set_result(node)
+        elif tag == "message":
+            await self._on_message(st.IncomingMessage.parse(node))
+        elif tag == "receipt":
+            await self._on_receipt(st.Receipt.parse(node, direction="from"))
+        elif tag == "chatstate":
+            sender, state = st.parse_chatstate(node, direction="from")
+            await self.on_event(ChatStateEvent(sender, state))
+        elif tag == "notification":
+            await self._on_notification(node)
+        elif tag == "ib":
+            offline = node.child("offline")
+            if offline is not None:
+                await self.on_event(OfflineEvent(offline.int_attr("count")))
+
+    # ------------------------------------------------------------------ keys
+
+    async def ping(self) -> None:
+        await self.request(st.ping(self.new_id()))
+
+    async def upload_prekeys(self, records: list[PreKeyRecord]) -> None:
+        for record in records:
+            await self.store.store_pre_key(record)
+        keys = [st.PreKey(r.id, r.key_pair.public.raw) for r in records]
+        await self.request(st.upload_prekeys(self.new_id(), keys))
+
+    async def replenish_prekeys(self, start_id: int, count: int) -> list[PreKeyRecord]:
+        records = generate_prekeys(start_id, count)
+        await self.upload_prekeys(records)
+        return records
+
+    async def rotate_signed_prekey(self, record: SignedPreKeyRecord) -> None:
+        await self.store.store_signed_pre_key(record)
+        key = st.SignedPreKey(record.id, record.key_pair.public.raw, record.signature)
+        await self.request(st.rotate_signed_prekey(self.new_id(), key))
+        self.signed_pre_key_id = record.id
+
+    async def count_prekeys(self) -> int:
+        return st.parse_count(await self.request(st.count_prekeys(self.new_id())))
+
+    async def fetch_bundles(self, devices: list[Jid]) -> list[st.Bundle | st.BundleError]:
+        return st.parse_bundle_list(await self.request(st.fetch_bundles(self.new_id(), devices)))
+
+    async def get_devices(self, user: Jid, *, refresh: bool = False) -> st.DeviceList:
+        bare = user.bare
+        if refresh or bare not in self._devices:
+            result = await self.request(st.get_devices(self.new_id(), [bare]))
+            for device_list in st.parse_device_lists(result):
+                self._devices[device_list.user] = device_list
+        if bare not in self._devices:
+            raise GipError(GipErrorCode.NOT_FOUND, "no device list")
+        return self._devices[bare]
+
+    # ------------------------------------------------------------------ reach, blocklist, account
+
+    async def lookup(self, uvid: str) -> Jid:
+        result = await self.request(st.lookup(self.new_id(), uvid))
+        return Jid.parse(result.require_child("user").attr("jid"))
+
+    async def reach_ping(self, jid: Jid) -> None:
+        await self.request(st.reach_ping(self.new_id(), jid))
+
+    async def blocklist(self) -> list[Jid]:
+        return st.parse_blocklist(await self.request(st.get_blocklist(self.new_id())))
+
+    async def set_blocked(self, jid: Jid, blocked: bool) -> None:
+        await self.request(st.set_block(self.new_id(), jid, block=blocked))
+
+    async def opt_out(self) -> None:
+        """Ask the gatekeeper to delete our enlistment, keys and mailbox."""
+        await self.request(st.delete_account(self.new_id()))
+        await self.close()
+
+    # ------------------------------------------------------------------ sending
+
+    async def _ensure_session(self, device: Jid, bundle: st.Bundle | None = None) -> None:
+        cipher = SessionCipher(self.store, signal_address(device), clock=lambda: int(self._clock() * 1000))
+        if bundle is None and await cipher.has_session():
+            return
+        if bundle is None:
+            fetched = (await self.fetch_bundles([device]))[0]
+            if isinstance(fetched, st.BundleError):
+                raise GipError(fetched.code, f"no keys for {device}")
+            bundle = fetched
+        await cipher.process_bundle(to_signal_bundle(bundle))
+
+    async def _encrypt_for(self, device: Jid, plaintext: bytes) -> st.Enc:
+        await self._ensure_session(device)
+        cipher = SessionCipher(self.store, signal_address(device), clock=lambda: int(self._clock() * 1000))
+        message = await cipher.encrypt(plaintext)
+        return st.Enc(
+            st.EncType.PKMSG if message.type == MessageType.PREKEY else st.EncType.MSG, message.serialized
+        )
+
+    async def send_message(
+        self, to: Jid, content: Content, message_type: str = "text", message_id: str | None = None
+    ) -> str:
+        """Encrypt for every device of ``to`` and send; returns the id once G stored it.
+
+        A stale device list (409) is refetched and the same id resent.
+
+        Raises:
+            GipError: 403 (not reachable or blocked), 429 (with ``retry_after``), or
+                CLOSED/TIMEOUT when the connection failed before the ack.
+        """
+        stanza_id = message_id or self.new_id()
+        plaintext = encode_content(content)
+        self._remember(stanza_id, _Sent(to.bare, message_type, plaintext))
+        refresh = False
+        for _ in range(MAX_409_RESENDS):
+            devices = await self.get_devices(to, refresh=refresh)
+            participants = tuple([(d, await self._encrypt_for(d, plaintext)) for d in devices.devices()])
+            message = st.OutgoingMessage(
+                stanza_id, to.bare, message_type, int(self._clock()), devices.hash, participants
+            )
+            ack = await self._await(("ack", stanza_id), message.node())
+            error = ack.get("error")
+            if error is None:
+                return stanza_id
+            code = GipErrorCode.from_wire(error)
+            if code is not GipErrorCode.CONFLICT:
+                retry = ack.get("retry_after")
+                raise GipError(
+                    code, "message refused", retry_after=int(retry) if retry and retry.isdigit() else None
+                )
+            refresh = True
+        raise GipError(GipErrorCode.CONFLICT, "device list kept changing")
+
+    def _remember(self, stanza_id: str, sent: _Sent) -> None:
+        self._sent[stanza_id] = sent
+        while len(self._sent) > SENT_MEMORY:
+            self._sent.popitem(last=False)
+
+    async def send_receipt(self, peer: Jid, message_id: str) -> None:
+        await self._send(st.Receipt(message_id, peer, st.ReceiptType.DELIVERED).node(direction="to"))
+
+    async def send_read(self, peer: Jid, message_ids: list[str]) -> None:
+        receipt = st.Receipt(message_ids[0], peer, st.ReceiptType.READ, tuple(message_ids))
+        await self._send(receipt.node(direction="to"))
+
+    async def send_typing(self, peer: Jid, state: st.ChatState) -> None:
+        await self._send(st.chatstate(peer.bare, state, direction="to"))
+
+    # ------------------------------------------------------------------ receiving
+
+    async def _on_message(self, message: st.IncomingMessage) -> None:
+        cipher = SessionCipher(
+            self.store, signal_address(message.sender), clock=lambda: int(self._clock() * 1000)
+        )
+        message_type = MessageType.PREKEY if message.enc.type is st.EncType.PKMSG else MessageType.WHISPER
+        try:
+            result = await cipher.decrypt(message_type, message.enc.ciphertext)
+            content = decode_content(result.plaintext)
+        except DuplicateMessageError:
+            # Already handled (our receipt got lost): confirm again, show nothing.
+            await self.send_receipt(message.sender, message.id)
+            return
+        except (SignalError, GipError) as exc:
+            count = self._retries.get(message.id, 0) + 1
+            self._retries[message.id] = count
+            await self.on_event(UndecryptableEvent(message.id, message.sender, type(exc).__name__, count))
+            if count <= st.MAX_RETRY_COUNT:
+                await self._send_retry(message.sender, message.id, count)
+            return
+        self._retries.pop(message.id, None)
+        await self.on_event(
+            MessageEvent(
+                message.id,
+                message.sender,
+                message.type,
+                message.t,
+                content,
+                result.identity_change is IdentityChange.REPLACED_EXISTING,
+                message.offline,
+            )
+        )
+        # Only now, after the handler returned: the delivery receipt that empties the mailbox.
+        await self.send_receipt(message.sender, message.id)
+
+    async def _send_retry(self, sender: Jid, message_id: str, count: int) -> None:
+        keys = None
+        if count >= 2:
+            # A fresh bundle so that the sender can rebuild the session from scratch.
+            identity = await self.store.get_identity_key_pair()
+            signed = await self._current_signed_prekey()
+            record = generate_prekeys(secrets.randbelow(0xFFFF00) + 1, 1)[0]
+            await self.store.store_pre_key(record)
+            keys = st.Bundle(
+                self.jid,
+                await self.store.get_local_registration_id(),
+                identity.public.raw,
+                st.SignedPreKey(signed.id, signed.key_pair.public.raw, signed.signature),
+                st.PreKey(record.id, record.key_pair.public.raw),
+            )
+        receipt = st.Receipt(
+            message_id,
+            sender,
+            st.ReceiptType.RETRY,
+            retry_count=count,
+            retry_t=int(self._clock()),
+            registration_id=await self.store.get_local_registration_id(),
+            keys=keys,
+        )
+        await self._send(receipt.node(direction="to"))
+
+    async def _on_receipt(self, receipt: st.Receipt) -> None:
+        if receipt.type is st.ReceiptType.RETRY:
+            await self._resend_for_retry(receipt)
+        await self.on_event(ReceiptEvent(receipt))
+        ack = st.ack(receipt.id, "receipt")
+        if receipt.type is not st.ReceiptType.DELIVERED:
+            ack.attrs["type"] = receipt.type.value
+        await self._send(ack)
+
+    async def _resend_for_retry(self, receipt: st.Receipt) -> None:
+        """The peer could not decrypt our message: rebuild the session if asked, resend."""
+        sent = self._sent.get(receipt.id)
+        if sent is None or receipt.retry_count > st.MAX_RETRY_COUNT:
+            return
+        device = receipt.peer
+        if receipt.keys is not None:
+            await self._ensure_session(device, receipt.keys)
+        elif receipt.retry_count >= 2:
+            fetched = (await self.fetch_bundles([device]))[0]
+            if isinstance(fetched, st.Bundle):
+                await self._ensure_session(device, fetched)
+        enc = await self._encrypt_for(device, sent.plaintext)
+        devices = await self.get_devices(sent.to)
+        message = st.OutgoingMessage(
+            receipt.id, sent.to, sent.type, int(self._clock()), devices.hash, ((device, enc),)
+        )
+        self._spawn(self._await(("ack", receipt.id), message.node()), f"resend {receipt.id}")
+
+    async def _on_notification(self, node: Node) -> None:
+        kind = node.attr("type")
+        sender = Jid.parse(node.attrs["from"]) if node.get("from") else None
+        if kind in ("devices", "identity") and sender is not None:
+            self._devices.pop(sender.bare, None)
+        await self.on_event(NotificationEvent(kind, sender, node))
+        await self._send(st.ack(node.attr("id"), "notification"))
+
+
+async def _ignore(event: Event) -> None:
+    return None
