@@ -27,7 +27,7 @@ from bridge.gip.errors import GipError, GipErrorCode
 from bridge.gip.jid import NATIVE_SERVER, PARTNER_SERVER, Jid
 from bridge.gip.media import MediaDecryptor, MediaType
 from bridge.gip.noise import StaticKey
-from bridge.gip.stanza import Node, encode
+from bridge.gip.stanza import Node, decode, encode
 from bridge.gip.tokens import (
     PARTNER_TOKEN_MAX_TTL,
     JwksFetcher,
@@ -164,6 +164,11 @@ class Gatekeeper:
         task = asyncio.get_running_loop().create_task(run(), name=name)
         self._rt.tasks.add(task)
         task.add_done_callback(self._rt.tasks.discard)
+
+    async def disconnect_all(self) -> None:
+        """Close every chat connection with 503 (shutting down: try later)."""
+        for iid in list(self._rt.connections):
+            await self.kick(iid, GipErrorCode.UNAVAILABLE)
 
     async def close(self) -> None:
         for task in list(self._rt.tasks):
@@ -342,7 +347,9 @@ class Gatekeeper:
         last = 0
         while pending:
             for item in pending:
-                await connection.send_raw(item.stanza)
+                await connection.send_raw(
+                    _mark_offline(item.stanza) if item.kind == "message" else item.stanza
+                )
             last = pending[-1].seq
             pending = self.store.pending(connection.iid, last)
         connection.ready = True
@@ -834,6 +841,12 @@ class Gatekeeper:
         os.replace(tmp, path)
         self.store.add_media(ref, owner, str(path), len(blob), self.clock.now())
         return f"/v/t{ref}"
+
+
+def _mark_offline(stanza: bytes) -> bytes:
+    node = decode(stanza)
+    node.attrs["offline"] = "1"
+    return encode(node)
 
 
 def native_jid(user: User) -> Jid:

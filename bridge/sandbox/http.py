@@ -62,6 +62,10 @@ def make_app(gatekeeper: Gatekeeper) -> web.Application:
     async def health(request: web.Request) -> web.Response:
         return web.json_response({"ok": True, "profile": gk.config.profile, "name": gk.config.name})
 
+    async def on_shutdown(app: web.Application) -> None:
+        await gk.disconnect_all()
+
+    app.on_shutdown.append(on_shutdown)
     app.add_routes(
         [
             web.post("/3p/interop_reg", enlist),

@@ -47,7 +47,7 @@ class PartnerServer:
         self.jwks_fetches = 0
         self.port = free_port()
         self.base = f"http://127.0.0.1:{self.port}"
-        self.gatekeeper_keys: Callable[[], Any] | None = None
+        self.audience = "WHATSAPP"
         self._runner: web.AppRunner | None = None
 
     async def start(self) -> None:
@@ -86,9 +86,14 @@ class PartnerServer:
         if self._runner is not None:
             await self._runner.cleanup()
 
-    def token(self, uvid: str, *, country: str = "DE", audience: str = "WHATSAPP", **kwargs: Any) -> str:
+    def token(self, uvid: str, *, country: str = "DE", audience: str | None = None, **kwargs: Any) -> str:
         return issue_partner_token(
-            self.key, integrator=INTEGRATOR, uvid=uvid, audience=audience, country=country, **kwargs
+            self.key,
+            integrator=INTEGRATOR,
+            uvid=uvid,
+            audience=audience or self.audience,
+            country=country,
+            **kwargs,
         )
 
 
@@ -118,6 +123,7 @@ class Sandbox:
     base: str
     runner: web.AppRunner
     http: aiohttp.ClientSession
+    clients: list[GipClient] = field(default_factory=list)
 
     async def control(
         self, method: str, path: str, body: dict[str, Any] | None = None, expect: int = 200
@@ -159,6 +165,8 @@ async def start_sandbox(
 
 
 async def stop_sandbox(sandbox: Sandbox) -> None:
+    for client in sandbox.clients:
+        await client.close()
     await sandbox.http.close()
     await sandbox.runner.cleanup()
     await sandbox.gatekeeper.close()
