@@ -24,7 +24,7 @@ PROTOCOL_VERSION = 1
 CHAT_PATH = "/chat"
 # aiohttp refuses larger frames itself; ours are checked against TRANSPORT_MAX below so
 # that an oversized stanza is answered with a stream error before closing.
-WS_MAX_MESSAGE = TRANSPORT_MAX * 2
+WS_MAX_MESSAGE = 4 << 20
 HANDSHAKE_TIMEOUT = 10
 
 
