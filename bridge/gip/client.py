@@ -447,6 +447,11 @@ class GipClient:
     async def set_blocked(self, jid: Jid, blocked: bool) -> None:
         await self.request(st.set_block(self.new_id(), jid, block=blocked))
 
+    async def client_gone(self) -> None:
+        """Proxy mode: tell the gatekeeper our end user's client closed, and disconnect."""
+        await self._send(st.client_gone())
+        await self.closed.wait()
+
     async def opt_out(self) -> None:
         """Ask the gatekeeper to delete our enlistment, keys and mailbox."""
         await self.request(st.delete_account(self.new_id()))

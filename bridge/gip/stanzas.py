@@ -567,6 +567,11 @@ def delete_account(stanza_id: str) -> Node:
 # --------------------------------------------------------------------------- connection
 
 
+def client_gone() -> Node:
+    """(ours) In proxy mode, the Partner's end user closed their client (RO 7.6.2.3)."""
+    return Node("presence", {"type": "unavailable"})
+
+
 def success(t: int, offline: int) -> Node:
     return Node("success", {"t": str(t), "offline": str(offline)})
 

@@ -11,7 +11,7 @@ from aiohttp import web
 from bridge.gip import stanzas as st
 from bridge.gip.errors import GipError, GipErrorCode
 from bridge.gip.jid import Jid
-from bridge.gip.stanza import Node
+from bridge.gip.stanza import Node, encode
 from bridge.gip.transport import WS_MAX_MESSAGE, NoiseChannel, server_handshake
 
 from .gatekeeper import Gatekeeper, native_jid
@@ -84,26 +84,43 @@ class ChatConnection:
         elif node.tag == "message":
             await self._message(node)
         elif node.tag == "receipt":
-            await self.gk.partner_receipt(self.user, st.Receipt.parse(node, direction="to"))
+            receipt = st.Receipt.parse(node, direction="to")
+            async with self.gk.batch():
+                await self.gk.partner_receipt(self.user, receipt)
         elif node.tag == "ack":
             self.gk.partner_ack(self.user, node)
         elif node.tag == "chatstate":
             await self._chatstate(node)
+        elif node.tag == "presence" and node.get("type") == "unavailable":
+            # The proxy's client went away: its connection must end with it (RO 7.6.2.3).
+            await self.channel.close()
         else:
             raise GipError(GipErrorCode.BAD_REQUEST, f"unknown stanza <{node.tag}>")
 
     async def _message(self, node: Node) -> None:
         message = st.OutgoingMessage.parse(node)
-        ack, followups = await self.gk.accept_message(self.user, message)
+        async with self.gk.batch():
+            ack, followups = await self.gk.accept_message(self.user, message)
+        # Committed: only now is the message acknowledged.
         if self.gk.faults.ack_delay:
             await asyncio.sleep(self.gk.faults.ack_delay)
         await self.send(ack)
-        for followup in followups:
-            await followup()
+        async with self.gk.batch():
+            for followup in followups:
+                await followup()
 
     async def _chatstate(self, node: Node) -> None:
         peer, state = st.parse_chatstate(node, direction="to")
         native = self.gk.store.user(str(peer.bare))
+        if (
+            native is not None
+            and native.kind == "partner"
+            and not self.gk.store.is_blocked(native.iid, self.iid)
+        ):
+            other = self.gk.connection(native.iid)
+            if other is not None and other.ready:  # typing is transient: never stored
+                await other.send_raw(encode(st.chatstate(Jid.parse(self.iid), state, direction="from")))
+            return
         if native is not None and native.kind == "native" and self.gk.reachable(self.user, native):
             self.gk.store.log_native(
                 native.iid,

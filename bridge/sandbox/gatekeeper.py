@@ -13,7 +13,8 @@ import hashlib
 import logging
 import os
 import secrets
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
@@ -76,7 +77,8 @@ class PartnerConnection(Protocol):
 
 @dataclass
 class _Runtime:
-    connections: dict[str, PartnerConnection] = field(default_factory=dict)
+    connections: dict[str, PartnerConnection] = field(default_factory=dict)  # the current one per user
+    live: set[PartnerConnection] = field(default_factory=set)  # every open one, for shutdown
     message_windows: dict[str, RateWindow] = field(default_factory=dict)
     enlist_windows: dict[str, RateWindow] = field(default_factory=dict)
     low_prekey_notified: set[str] = field(default_factory=set)
@@ -109,6 +111,8 @@ class Gatekeeper:
         self.faults = Faults()
         self._http = http
         self._rt = _Runtime()
+        self._batch: list[tuple[str, bytes]] | None = None
+        self._batch_lock = asyncio.Lock()
         self.media_dir = media_dir or Path(config.media_dir)
         self.media_dir.mkdir(parents=True, exist_ok=True)
         self.signing_key = self._load_signing_key()
@@ -167,8 +171,9 @@ class Gatekeeper:
 
     async def disconnect_all(self) -> None:
         """Close every chat connection with 503 (shutting down: try later)."""
-        for iid in list(self._rt.connections):
-            await self.kick(iid, GipErrorCode.UNAVAILABLE)
+        for connection in list(self._rt.live):
+            await connection.kick(st.failure(GipErrorCode.UNAVAILABLE))
+        self._rt.connections.clear()
 
     async def close(self) -> None:
         for task in list(self._rt.tasks):
@@ -325,15 +330,17 @@ class Gatekeeper:
     async def attach(self, connection: PartnerConnection) -> int:
         """Register a connection (closing an older one with 409); returns the mailbox size."""
         old = self._rt.connections.get(connection.iid)
-        if old is not None and old is not connection:
+        if old is not None and old is not connection and self.config.policies.one_connection_per_device:
             await old.kick(st.failure(GipErrorCode.CONFLICT))
         self._rt.connections[connection.iid] = connection
+        self._rt.live.add(connection)
         now = self.clock.now()
         self.store.update_user(connection.iid, last_connected_at=now, pushed=0)
         self.expire(now)
         return self.store.mailbox_count(connection.iid)
 
     def detach(self, connection: PartnerConnection) -> None:
+        self._rt.live.discard(connection)
         if self._rt.connections.get(connection.iid) is connection:
             del self._rt.connections[connection.iid]
 
@@ -370,10 +377,34 @@ class Gatekeeper:
 
     # ------------------------------------------------------------------ delivery to Partners
 
+    @asynccontextmanager
+    async def batch(self) -> AsyncIterator[None]:
+        """Group the writes of one stanza into one durable commit (one fsync instead of
+        several), and send what they queued only after that commit."""
+        if self._batch is not None:
+            yield
+            return
+        async with self._batch_lock:
+            self._batch = []
+            try:
+                with self.store.transaction():
+                    yield
+                sends = self._batch
+            finally:
+                self._batch = None
+            for recipient, data in sends:
+                await self._send_or_push(recipient, data)
+
     async def deliver(self, recipient: str, kind: str, stanza_id: str, sender: str, node: Node) -> None:
-        """Store a stanza in the recipient's mailbox, then send it or push."""
+        """Store a stanza in the recipient's mailbox, then (after commit) send it or push."""
         data = encode(node)
         self.store.enqueue(recipient, kind, stanza_id, sender, data, self.clock.now())
+        if self._batch is not None:
+            self._batch.append((recipient, data))
+            return
+        await self._send_or_push(recipient, data)
+
+    async def _send_or_push(self, recipient: str, data: bytes) -> None:
         connection = self._rt.connections.get(recipient)
         if connection is not None and not connection.ready:
             return  # the flush in progress will send it
@@ -484,6 +515,8 @@ class Gatekeeper:
         if refused is not None:
             return nack(refused, 5 if refused is GipErrorCode.RATE_LIMITED else None)
         native = self.store.user(str(message.to))
+        if native is not None and native.kind == "partner":
+            return await self._route_to_partner(sender, native, message, now), []
         if native is None or native.kind != "native" or not self.reachable(sender, native):
             return nack(GipErrorCode.FORBIDDEN)
         if self.store.is_blocked(sender.iid, native.iid):
@@ -532,6 +565,31 @@ class Gatekeeper:
                     lambda: self._send_receipt(sender.iid, receipt_from, message.id, st.ReceiptType.READ)
                 )
         return st.ack(message.id, "message", t=int(now)), followups
+
+    async def _route_to_partner(
+        self, sender: User, recipient: User, message: st.OutgoingMessage, now: float
+    ) -> Node:
+        """Partner → Partner (two interop users): the gatekeeper only routes ciphertext."""
+        if self.store.is_blocked(recipient.iid, sender.iid) or self.store.is_blocked(
+            sender.iid, recipient.iid
+        ):
+            return st.ack(message.id, "message", error=GipErrorCode.FORBIDDEN)
+        if message.phash != st.device_list_hash(self.device_list(recipient.iid)):
+            return st.ack(message.id, "message", error=GipErrorCode.CONFLICT)
+        window = self._rt.message_windows.setdefault(
+            sender.iid, RateWindow(self.config.policies.rate_limits.messages_per_minute, 60)
+        )
+        retry = window.hit(now)
+        if retry is not None:
+            return st.ack(message.id, "message", error=GipErrorCode.RATE_LIMITED, retry_after=retry)
+        self.store.add_contact(sender.iid, recipient.iid, now)
+        recipient_jid = Jid.parse(recipient.iid)
+        for jid, enc in message.participants:
+            if jid.bare != recipient_jid or not self.store.mark_seen(sender.iid, f"{message.id}/{jid}", now):
+                continue
+            node = st.IncomingMessage(message.id, Jid.parse(sender.iid), message.type, message.t, enc).node()
+            await self.deliver(recipient.iid, "message", message.id, sender.iid, node)
+        return st.ack(message.id, "message", t=int(now))
 
     async def _send_receipt(
         self, partner: str, native_device: Jid, message_id: str, kind: st.ReceiptType
@@ -661,6 +719,28 @@ class Gatekeeper:
         if receipt.type is st.ReceiptType.DELIVERED:
             self.store.remove_from_mailbox(partner.iid, "message", receipt.id, native_iid)
         native = self.store.user(native_iid)
+        if native is not None and native.kind == "partner":
+            # Between two Partner users: forward it as it came.
+            if receipt.type is st.ReceiptType.RETRY:
+                self.store.unmark_seen(native.iid, f"{receipt.id}/{partner.iid}")
+            forwarded = st.Receipt(
+                receipt.id,
+                Jid.parse(partner.iid),
+                receipt.type,
+                receipt.message_ids,
+                receipt.retry_count,
+                receipt.retry_t,
+                receipt.registration_id,
+                receipt.keys,
+            )
+            await self.deliver(
+                native.iid,
+                f"receipt:{receipt.type.value}",
+                receipt.id,
+                partner.iid,
+                forwarded.node(direction="from"),
+            )
+            return
         if native is None or native.kind != "native":
             return
         event: dict[str, Any] = {

@@ -198,3 +198,32 @@ async def test_strict_proxy_requires_client_ip(partner_server: PartnerServer, tm
         await partner.client.close()
     finally:
         await stop_sandbox(box)
+
+
+async def test_proxy_client_gone_closes_the_connection(
+    sandbox: Sandbox, partner_server: PartnerServer
+) -> None:
+    partner = await new_partner(sandbox, partner_server, client_ip="192.0.2.7")
+    await partner.client.client_gone()
+    assert partner.client.closed.is_set()
+    info = await sandbox.control("GET", f"/partners/{partner.client.iid}")
+    assert info["connected"] is False
+
+
+async def test_several_connections_allowed_when_the_policy_is_off(
+    partner_server: PartnerServer, tmp_path
+) -> None:
+    box = await start_sandbox(partner_server, media_dir=tmp_path, one_connection_per_device=False)
+    try:
+        first = await new_partner(box, partner_server)
+        from bridge.gip.client import GipClient
+
+        second = GipClient(
+            base_url=box.base, store=first.store, noise_static=first.client.noise_static, iid=first.client.iid
+        )
+        box.clients.append(second)
+        await second.connect(partner_server.token(first.uvid))
+        await first.client.ping()
+        await second.ping()
+    finally:
+        await stop_sandbox(box)

@@ -336,3 +336,26 @@ async def test_media_both_ways_through_the_proxy(
         )
     assert excinfo.value.code is GipErrorCode.MEDIA_HASH
     assert not wrong.exists()
+
+
+async def test_between_two_partner_users(sandbox: Sandbox, partner_server: PartnerServer) -> None:
+    from bridge.gip.client import ChatStateEvent
+
+    alice = await new_partner(sandbox, partner_server)
+    carol = await new_partner(sandbox, partner_server)
+    carol_jid = Jid.parse(carol.client.iid)
+    message_id = await alice.client.send_message(carol_jid, Content(text="partner to partner"))
+    event = await carol.wait_for(lambda e: isinstance(e, MessageEvent) and e.id == message_id)
+    assert event.content.text == "partner to partner"
+    assert event.sender == Jid.parse(alice.client.iid)
+    delivered = await alice.wait_for(lambda e: isinstance(e, ReceiptEvent) and e.receipt.id == message_id)
+    assert delivered.receipt.peer == carol_jid
+    await alice.client.send_typing(carol_jid, st.ChatState.COMPOSING)
+    typing = await carol.wait_for(lambda e: isinstance(e, ChatStateEvent))
+    assert typing.sender == Jid.parse(alice.client.iid)
+    await carol.client.send_read(Jid.parse(alice.client.iid), [message_id])
+    read = await alice.wait_for(
+        lambda e: isinstance(e, ReceiptEvent) and e.receipt.type is st.ReceiptType.READ
+    )
+    assert read.receipt.message_ids == (message_id,)
+    assert (await sandbox.control("GET", f"/partners/{carol.client.iid}"))["mailbox"] == 0
