@@ -28,10 +28,7 @@ from bridge.signal import (
     DuplicateMessageError,
     IdentityChange,
     MessageType,
-    PreKeyBundle,
     PreKeyRecord,
-    ProtocolAddress,
-    PublicKey,
     SessionCipher,
     SignalError,
     SignalStore,
@@ -135,23 +132,6 @@ class _Sent:
     to: Jid
     type: str
     plaintext: bytes = field(repr=False)
-
-
-def signal_address(jid: Jid) -> ProtocolAddress:
-    return ProtocolAddress(str(jid.bare), jid.device)
-
-
-def to_signal_bundle(bundle: st.Bundle) -> PreKeyBundle:
-    return PreKeyBundle(
-        registration_id=bundle.registration_id,
-        device_id=bundle.jid.device,
-        pre_key_id=bundle.pre_key.id if bundle.pre_key else None,
-        pre_key=PublicKey(bundle.pre_key.public) if bundle.pre_key else None,
-        signed_pre_key_id=bundle.signed_pre_key.id,
-        signed_pre_key=PublicKey(bundle.signed_pre_key.public),
-        signed_pre_key_signature=bundle.signed_pre_key.signature,
-        identity_key=PublicKey(bundle.identity),
-    )
 
 
 def _b64url(data: bytes) -> str:
@@ -459,8 +439,11 @@ class GipClient:
 
     # ------------------------------------------------------------------ sending
 
+    def _cipher(self, device: Jid) -> SessionCipher:
+        return SessionCipher(self.store, device.signal_address(), clock=lambda: int(self._clock() * 1000))
+
     async def _ensure_session(self, device: Jid, bundle: st.Bundle | None = None) -> None:
-        cipher = SessionCipher(self.store, signal_address(device), clock=lambda: int(self._clock() * 1000))
+        cipher = self._cipher(device)
         if bundle is None and await cipher.has_session():
             return
         if bundle is None:
@@ -468,11 +451,11 @@ class GipClient:
             if isinstance(fetched, st.BundleError):
                 raise GipError(fetched.code, f"no keys for {device}")
             bundle = fetched
-        await cipher.process_bundle(to_signal_bundle(bundle))
+        await cipher.process_bundle(bundle.to_signal())
 
     async def _encrypt_for(self, device: Jid, plaintext: bytes) -> st.Enc:
         await self._ensure_session(device)
-        cipher = SessionCipher(self.store, signal_address(device), clock=lambda: int(self._clock() * 1000))
+        cipher = self._cipher(device)
         message = await cipher.encrypt(plaintext)
         return st.Enc(
             st.EncType.PKMSG if message.type == MessageType.PREKEY else st.EncType.MSG, message.serialized
@@ -530,9 +513,7 @@ class GipClient:
     # ------------------------------------------------------------------ receiving
 
     async def _on_message(self, message: st.IncomingMessage) -> None:
-        cipher = SessionCipher(
-            self.store, signal_address(message.sender), clock=lambda: int(self._clock() * 1000)
-        )
+        cipher = self._cipher(message.sender)
         message_type = MessageType.PREKEY if message.enc.type is st.EncType.PKMSG else MessageType.WHISPER
         try:
             result = await cipher.decrypt(message_type, message.enc.ciphertext)

@@ -8,6 +8,8 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
+from bridge.signal import ProtocolAddress
+
 from .errors import GipError, GipErrorCode
 
 PARTNER_SERVER = "interop"
@@ -36,6 +38,10 @@ class Jid:
 
     def with_device(self, device: int) -> Jid:
         return Jid(self.user, self.server, device)
+
+    def signal_address(self) -> ProtocolAddress:
+        """The Signal session address of this device."""
+        return ProtocolAddress(str(self.bare), self.device)
 
     def __str__(self) -> str:
         if self.device:

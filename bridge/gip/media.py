@@ -22,6 +22,8 @@ from typing import BinaryIO
 
 from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 
+from bridge.signal.kdf import hkdf_sha256
+
 from .errors import GipError, GipErrorCode
 
 MAC_LENGTH = 10
@@ -42,16 +44,6 @@ class MediaType(Enum):
         return MAX_IMAGE_BYTES if self is MediaType.IMAGE else MAX_FILE_BYTES
 
 
-def _hkdf(ikm: bytes, info: bytes, length: int) -> bytes:
-    prk = hmac.digest(bytes(32), ikm, hashlib.sha256)
-    out, block, counter = b"", b"", 1
-    while len(out) < length:
-        block = hmac.digest(prk, block + info + bytes((counter,)), hashlib.sha256)
-        out += block
-        counter += 1
-    return out[:length]
-
-
 @dataclass(frozen=True, slots=True)
 class MediaKeys:
     iv: bytes = field(repr=False)
@@ -62,7 +54,7 @@ class MediaKeys:
     def derive(cls, media_key: bytes, media_type: MediaType) -> MediaKeys:
         if len(media_key) != MEDIA_KEY_LENGTH:
             raise GipError(GipErrorCode.BAD_REQUEST, "media key must be 32 bytes")
-        material = _hkdf(media_key, media_type.value, 112)
+        material = hkdf_sha256(media_key, None, media_type.value, 112)
         return cls(material[:16], material[16:48], material[48:80])
 
 

@@ -14,6 +14,8 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from enum import Enum
 
+from bridge.signal import PreKeyBundle, PublicKey
+
 from .errors import GipError, GipErrorCode
 from .jid import Jid
 from .stanza import Node
@@ -177,6 +179,19 @@ class Bundle:
     identity: bytes  # 32 bytes
     signed_pre_key: SignedPreKey
     pre_key: PreKey | None
+
+    def to_signal(self) -> PreKeyBundle:
+        """The bundle as ``bridge.signal`` takes it to open a session."""
+        return PreKeyBundle(
+            registration_id=self.registration_id,
+            device_id=self.jid.device,
+            pre_key_id=self.pre_key.id if self.pre_key else None,
+            pre_key=PublicKey(self.pre_key.public) if self.pre_key else None,
+            signed_pre_key_id=self.signed_pre_key.id,
+            signed_pre_key=PublicKey(self.signed_pre_key.public),
+            signed_pre_key_signature=self.signed_pre_key.signature,
+            identity_key=PublicKey(self.identity),
+        )
 
 
 @dataclass(frozen=True, slots=True)

@@ -12,7 +12,6 @@ from bridge.signal import (
     IdentityChange,
     IdentityKeyPair,
     MessageType,
-    PreKeyBundle,
     PreKeyRecord,
     ProtocolAddress,
     PublicKey,
@@ -103,23 +102,6 @@ class NativeSignalStore:
         self._db.signal_put(self.jid, "senderkey", f"{sender}/{distribution_id}", record.serialize())
 
 
-def address_of(jid: Jid) -> ProtocolAddress:
-    return ProtocolAddress(str(jid.bare), jid.device)
-
-
-def bundle_to_signal(bundle: Bundle) -> PreKeyBundle:
-    return PreKeyBundle(
-        registration_id=bundle.registration_id,
-        device_id=bundle.jid.device,
-        pre_key_id=bundle.pre_key.id if bundle.pre_key else None,
-        pre_key=PublicKey(bundle.pre_key.public) if bundle.pre_key else None,
-        signed_pre_key_id=bundle.signed_pre_key.id,
-        signed_pre_key=PublicKey(bundle.signed_pre_key.public),
-        signed_pre_key_signature=bundle.signed_pre_key.signature,
-        identity_key=PublicKey(bundle.identity),
-    )
-
-
 class NativeDevice:
     """One native device: keys published in the sandbox, Signal state in its store."""
 
@@ -177,14 +159,14 @@ class NativeDevice:
         )
 
     def cipher(self, peer: Jid) -> SessionCipher:
-        return SessionCipher(self.signal, address_of(peer), clock=self._clock_ms)
+        return SessionCipher(self.signal, peer.signal_address(), clock=self._clock_ms)
 
     async def encrypt(self, peer: Jid, plaintext: bytes, bundle: Bundle | None) -> Enc:
         """Encrypt for a peer device, opening a session from ``bundle`` if one is given or
         none exists yet (the caller fetched it from the gatekeeper's key directory)."""
         cipher = self.cipher(peer)
         if bundle is not None:
-            await cipher.process_bundle(bundle_to_signal(bundle))
+            await cipher.process_bundle(bundle.to_signal())
         message = await cipher.encrypt(plaintext)
         enc_type = EncType.PKMSG if message.type == MessageType.PREKEY else EncType.MSG
         return Enc(enc_type, message.serialized)
