@@ -1,0 +1,308 @@
+"""The bridge's configuration: loaded and upgraded with ruamel.yaml, checked up front.
+
+Loading merges the admin's file into the current ``config.example.yaml`` (as mautrix
+bridges do): keys the example gained appear in the admin's file with their comments,
+the admin's values and comments are kept, and keys the example no longer has go. A
+problem stops start-up with one line that names the key: ``database.uri: …``.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import copy
+import re
+import secrets
+from dataclasses import dataclass
+from enum import Enum
+from io import StringIO
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlparse
+
+from ruamel.yaml import YAML
+from ruamel.yaml.comments import CommentedMap
+from ruamel.yaml.error import YAMLError
+
+EXAMPLE_PATH = Path(__file__).resolve().parent.parent / "config.example.yaml"
+GENERATE = "generate"
+EEA_COUNTRIES = frozenset(
+    {
+        *("AT", "BE", "BG", "HR", "CY", "CZ", "DK", "EE", "FI", "FR", "DE", "GR", "HU", "IE"),
+        *("IT", "LV", "LT", "LU", "MT", "NL", "PL", "PT", "RO", "SK", "SI", "ES", "SE"),
+        *("IS", "LI", "NO"),
+    }
+)
+_LOCALPART = re.compile(r"^[a-z0-9._=\-/]+$")
+
+
+class ConfigError(Exception):
+    """One configuration problem, phrased for the admin as ``key: problem``."""
+
+
+class PermissionLevel(Enum):
+    NONE = 0
+    USER = 1
+    ADMIN = 2
+
+
+def _yaml() -> YAML:
+    yaml = YAML()
+    yaml.indent(mapping=4, sequence=4, offset=2)
+    yaml.preserve_quotes = True
+    return yaml
+
+
+def merge_into_example(user: Any, example: CommentedMap) -> CommentedMap:
+    """The example's structure and comments with the admin's values (and comments) in it."""
+    merged = copy.deepcopy(example)
+    if not isinstance(user, dict):
+        return merged
+
+    def walk(base: CommentedMap, theirs: dict[str, Any]) -> None:
+        for key in list(base.keys()):
+            if key not in theirs:
+                continue
+            if isinstance(base[key], dict) and isinstance(theirs[key], dict) and key != "permissions":
+                walk(base[key], theirs[key])
+            else:
+                base[key] = theirs[key]
+        # Free-form maps (permissions) keep exactly the admin's entries.
+
+    walk(merged, user)
+    if isinstance(user, CommentedMap):
+        _copy_comments(user, merged)
+    return merged
+
+
+def _copy_comments(source: CommentedMap, target: CommentedMap) -> None:
+    for key, comment in source.ca.items.items():
+        if key in target:
+            target.ca.items[key] = comment
+    for key, value in source.items():
+        if isinstance(value, CommentedMap) and isinstance(target.get(key), CommentedMap):
+            _copy_comments(value, target[key])
+
+
+@dataclass(frozen=True)
+class BridgeConfig:
+    homeserver_address: str
+    homeserver_domain: str
+    verify_ssl: bool
+    appservice_address: str
+    hostname: str
+    port: int
+    appservice_id: str
+    bot_username: str
+    bot_displayname: str
+    username_template: str
+    as_token: str
+    hs_token: str
+    database_uri: str
+    max_connections: int
+    profile: str
+    gatekeeper_url: str
+    gatekeeper_name: str
+    gatekeeper_jwks_url: str
+    integrator_id: str
+    partner_public_url: str
+    country: str
+    eea_countries: frozenset[str]
+    at_rest_key: bytes
+    permissions: dict[str, PermissionLevel]
+    log_level: str
+
+    @property
+    def bot_mxid(self) -> str:
+        return f"@{self.bot_username}:{self.homeserver_domain}"
+
+    def permission(self, mxid: str) -> PermissionLevel:
+        """The most specific rule wins: the user, then their server, then ``*``."""
+        if mxid in self.permissions:
+            return self.permissions[mxid]
+        domain = mxid.split(":", 1)[1] if ":" in mxid else ""
+        if domain in self.permissions:
+            return self.permissions[domain]
+        return self.permissions.get("*", PermissionLevel.NONE)
+
+    def puppet_localpart(self, uvid: str) -> str:
+        escaped = "".join(c if c.isalnum() or c in "._-" else f"={ord(c):02x}" for c in uvid.lower())
+        return self.username_template.replace("{uvid}", escaped)
+
+
+def _get(data: Any, path: str, kind: type | tuple[type, ...]) -> Any:
+    node = data
+    for part in path.split("."):
+        if not isinstance(node, dict) or part not in node:
+            raise ConfigError(f"{path}: is missing")
+        node = node[part]
+    if isinstance(node, bool) and kind in (int, (int,)):
+        raise ConfigError(f"{path}: must be a whole number")
+    if not isinstance(node, kind):
+        names = kind.__name__ if isinstance(kind, type) else " or ".join(k.__name__ for k in kind)
+        raise ConfigError(f"{path}: must be a {names}, got {type(node).__name__}")
+    return node
+
+
+def _url(data: Any, path: str, schemes: tuple[str, ...] = ("http", "https")) -> str:
+    value = _get(data, path, str)
+    parsed = urlparse(value)
+    if parsed.scheme not in schemes or not parsed.netloc:
+        raise ConfigError(f"{path}: must be a {' or '.join(schemes)} URL, got {value!r}")
+    return value.rstrip("/")
+
+
+def parse_config(data: Any, *, require_tokens: bool = True) -> BridgeConfig:
+    """Check every value; raises ConfigError naming the first bad key."""
+    if not isinstance(data, dict):
+        raise ConfigError("the configuration must be a mapping")
+    port = _get(data, "appservice.port", int)
+    if not 1 <= port <= 65535:
+        raise ConfigError("appservice.port: must be between 1 and 65535")
+    database_uri = _get(data, "database.uri", str)
+    scheme = urlparse(database_uri).scheme
+    if scheme not in ("postgres", "postgresql", "sqlite"):
+        raise ConfigError(
+            f"database.uri: must start with postgres:// or sqlite:///, got {scheme or 'nothing'}"
+        )
+    profile = _get(data, "gatekeeper.profile", str)
+    if profile not in ("whatsapp", "messenger"):
+        raise ConfigError(f"gatekeeper.profile: must be whatsapp or messenger, got {profile!r}")
+    tokens = {}
+    for name in ("as_token", "hs_token"):
+        value = _get(data, f"appservice.{name}", str)
+        if require_tokens and (value == GENERATE or len(value) < 16):
+            raise ConfigError(
+                f"appservice.{name}: not set; run `python -m bridge -g` to generate the registration"
+            )
+        tokens[name] = value
+    raw_key = _get(data, "encryption_at_rest.key", str)
+    key = b""
+    if raw_key != GENERATE or require_tokens:
+        try:
+            key = base64.b64decode(raw_key, validate=True)
+        except (binascii.Error, ValueError):
+            key = b""
+        if len(key) != 32:
+            raise ConfigError(
+                "encryption_at_rest.key: must be 32 bytes of base64; `python -m bridge -g` makes one"
+            )
+    username = _get(data, "appservice.bot.username", str)
+    if not _LOCALPART.match(username):
+        raise ConfigError(f"appservice.bot.username: {username!r} is not a valid Matrix localpart")
+    template = _get(data, "appservice.username_template", str)
+    if template.count("{uvid}") != 1 or not _LOCALPART.match(template.replace("{uvid}", "x")):
+        raise ConfigError("appservice.username_template: must contain {uvid} once and form a valid localpart")
+    country = _get(data, "partner.country", str).upper()
+    partner = data.get("partner", {})
+    countries = partner.get("eea_countries", sorted(EEA_COUNTRIES)) if isinstance(partner, dict) else []
+    if not isinstance(countries, list) or not all(isinstance(c, str) and len(c) == 2 for c in countries):
+        raise ConfigError("partner.eea_countries: must be a list of ISO 3166 alpha-2 codes")
+    eea = frozenset(c.upper() for c in countries)
+    if country not in eea:
+        raise ConfigError(f"partner.country: {country} is not in partner.eea_countries")
+    permissions: dict[str, PermissionLevel] = {}
+    raw_permissions = _get(data, "bridge.permissions", dict)
+    for subject, level in raw_permissions.items():
+        try:
+            permissions[str(subject)] = PermissionLevel[str(level).upper()]
+        except KeyError:
+            raise ConfigError(
+                f"bridge.permissions.{subject}: must be user, admin or none, got {level!r}"
+            ) from None
+    level = _get(data, "logging.level", str).upper()
+    if level not in ("DEBUG", "INFO", "WARNING", "ERROR"):
+        raise ConfigError(f"logging.level: must be DEBUG, INFO, WARNING or ERROR, got {level!r}")
+    max_connections = _get(data, "database.max_connections", int)
+    if max_connections < 1:
+        raise ConfigError("database.max_connections: must be at least 1")
+    return BridgeConfig(
+        homeserver_address=_url(data, "homeserver.address"),
+        homeserver_domain=_get(data, "homeserver.domain", str),
+        verify_ssl=_get(data, "homeserver.verify_ssl", bool),
+        appservice_address=_url(data, "appservice.address"),
+        hostname=_get(data, "appservice.hostname", str),
+        port=port,
+        appservice_id=_get(data, "appservice.id", str),
+        bot_username=username,
+        bot_displayname=_get(data, "appservice.bot.displayname", str),
+        username_template=template,
+        as_token=tokens["as_token"],
+        hs_token=tokens["hs_token"],
+        database_uri=database_uri,
+        max_connections=max_connections,
+        profile=profile,
+        gatekeeper_url=_url(data, "gatekeeper.base_url"),
+        gatekeeper_name=_get(data, "gatekeeper.name", str),
+        gatekeeper_jwks_url=_url(data, "gatekeeper.jwks_url"),
+        integrator_id=_get(data, "partner.integrator_id", str),
+        partner_public_url=_url(data, "partner.public_url"),
+        country=country,
+        eea_countries=eea,
+        at_rest_key=key,
+        permissions=permissions,
+        log_level=level,
+    )
+
+
+def read_yaml(path: Path) -> Any:
+    try:
+        return _yaml().load(path.read_text())
+    except OSError as exc:
+        raise ConfigError(f"cannot read {path}: {exc.strerror}") from None
+    except YAMLError as exc:
+        raise ConfigError(f"{path} is not valid YAML: {exc}") from None
+
+
+def dump_yaml(data: Any) -> str:
+    out = StringIO()
+    _yaml().dump(data, out)
+    return out.getvalue()
+
+
+def load_config(
+    path: Path, example: Path = EXAMPLE_PATH, *, require_tokens: bool = True
+) -> tuple[BridgeConfig, Any]:
+    """Read, upgrade (writing the file back if keys were added) and check the config."""
+    user = read_yaml(path)
+    merged = merge_into_example(user, read_yaml(example))
+    text = dump_yaml(merged)
+    if text != path.read_text():
+        path.write_text(text)
+    return parse_config(merged, require_tokens=require_tokens), merged
+
+
+def generate_registration(path: Path, registration: Path, example: Path = EXAMPLE_PATH) -> BridgeConfig:
+    """Fill in tokens and the at-rest key, write the appservice registration (``-g``)."""
+    user = read_yaml(path)
+    merged = merge_into_example(user, read_yaml(example))
+    parse_config(merged, require_tokens=False)
+    merged["appservice"]["as_token"] = secrets.token_urlsafe(48)
+    merged["appservice"]["hs_token"] = secrets.token_urlsafe(48)
+    if merged["encryption_at_rest"]["key"] in (GENERATE, "", None):
+        merged["encryption_at_rest"]["key"] = base64.b64encode(secrets.token_bytes(32)).decode()
+    config = parse_config(merged)
+    path.write_text(dump_yaml(merged))
+    domain = re.escape(config.homeserver_domain)
+    puppets = re.escape(config.username_template).replace(re.escape("{uvid}"), ".+")
+    document = {
+        "id": config.appservice_id,
+        "url": config.appservice_address,
+        "as_token": config.as_token,
+        "hs_token": config.hs_token,
+        "sender_localpart": config.bot_username,
+        "rate_limited": False,
+        "namespaces": {
+            "users": [
+                {"regex": f"^@{re.escape(config.bot_username)}:{domain}$", "exclusive": True},
+                {"regex": f"^@{puppets}:{domain}$", "exclusive": True},
+            ],
+            "aliases": [],
+            "rooms": [],
+        },
+        # Typing, receipts and presence reach the bridge (MSC2409).
+        "de.sorunome.msc2409.push_ephemeral": True,
+        "receive_ephemeral": True,
+    }
+    registration.write_text(dump_yaml(document))
+    return config
