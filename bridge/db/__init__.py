@@ -1,0 +1,1 @@
+"""Data access. The schema lives in ``alembic/``; queries go through :mod:`.database`."""

@@ -1,0 +1,97 @@
+"""The database layer and the migrations, on SQLite and Postgres alike."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+from alembic import command
+
+from bridge.db.database import Database, create_database, sqlalchemy_url
+from bridge.db.upgrade import alembic_config, upgrade
+
+TABLES = {
+    "logins",
+    "signal_pre_keys",
+    "signal_signed_pre_keys",
+    "signal_sessions",
+    "signal_identities",
+    "signal_sender_keys",
+    "puppets",
+    "portals",
+    "messages",
+    "reactions",
+    "receipts",
+    "outbox",
+    "inbox",
+}
+
+
+async def _tables(db: Database) -> set[str]:
+    if db.dialect == "sqlite":
+        rows = await db.fetch("SELECT name FROM sqlite_master WHERE type = 'table'")
+    else:
+        rows = await db.fetch("SELECT tablename AS name FROM pg_tables WHERE schemaname = 'public'")
+    return {r["name"] for r in rows}
+
+
+async def test_migrations_create_the_schema_and_are_idempotent(db: Database, db_uri: str) -> None:
+    assert await _tables(db) >= TABLES
+    assert await db.fetchval("SELECT version_num FROM alembic_version") == "0001"
+    await upgrade(db_uri)  # running again changes nothing
+    await asyncio.to_thread(command.downgrade, alembic_config(db_uri), "base")
+    assert not (TABLES & await _tables(db))
+    await upgrade(db_uri)
+    assert await _tables(db) >= TABLES
+
+
+async def test_placeholders_bytes_and_transactions(db: Database) -> None:
+    await db.execute(
+        "INSERT INTO puppets (iid, uvid, mxid, displayname) VALUES ($1, $2, $3, $4)",
+        "1@native",
+        "+4915112345678",
+        "@dma_x:example.org",
+        "+49 1511 2345678",
+    )
+    assert await db.fetchval("SELECT uvid FROM puppets WHERE iid = $1", "1@native") == "+4915112345678"
+
+    async def failing_update() -> None:
+        async with db.transaction():
+            await db.execute("UPDATE puppets SET displayname = $1 WHERE iid = $2", "changed", "1@native")
+            raise RuntimeError("roll back")
+
+    with pytest.raises(RuntimeError, match="roll back"):
+        await failing_update()
+    assert (
+        await db.fetchval("SELECT displayname FROM puppets WHERE iid = $1", "1@native") == "+49 1511 2345678"
+    )
+    async with db.transaction(), db.transaction():  # nested: joins the outer one
+        await db.execute("UPDATE puppets SET displayname = $1 WHERE iid = $2", "kept", "1@native")
+    assert await db.fetchval("SELECT displayname FROM puppets WHERE iid = $1", "1@native") == "kept"
+    assert await db.execute("DELETE FROM puppets WHERE iid = $1", "nobody") == 0
+
+
+async def test_concurrent_transactions_do_not_interleave(db: Database) -> None:
+    await db.execute("INSERT INTO puppets (iid, uvid, mxid, displayname) VALUES ('c', 'u', '@c:x', '0')")
+
+    async def bump() -> None:
+        async with db.transaction():
+            value = int(
+                await db.fetchval("SELECT displayname FROM puppets WHERE iid = 'c' FOR UPDATE")
+                if db.dialect == "postgres"
+                else await db.fetchval("SELECT displayname FROM puppets WHERE iid = 'c'")
+            )
+            await asyncio.sleep(0)
+            await db.execute("UPDATE puppets SET displayname = $1 WHERE iid = 'c'", str(value + 1))
+
+    await asyncio.gather(*(bump() for _ in range(20)))
+    assert await db.fetchval("SELECT displayname FROM puppets WHERE iid = 'c'") == "20"
+
+
+def test_uris() -> None:
+    assert sqlalchemy_url("postgres://u@h/d") == "postgresql+asyncpg://u@h/d"
+    assert sqlalchemy_url("sqlite:///x.db") == "sqlite+aiosqlite:///x.db"
+    with pytest.raises(ValueError, match="unsupported database URI scheme 'mysql'"):
+        create_database("mysql://x")
+    with pytest.raises(ValueError, match=r"sqlite:///path/to/file\.db"):
+        create_database("sqlite://relative.db")
