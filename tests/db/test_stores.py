@@ -1,0 +1,302 @@
+"""Stores on both backends: sealing, logins, the Signal store, the outbox and inbox."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+
+from bridge.db.database import Database, create_database
+from bridge.db.logins import Login, LoginState, LoginStore
+from bridge.db.queues import Inbox, Outbox
+from bridge.db.sealed import Sealer, SealError
+from bridge.db.signal_store import DbSignalStore
+from bridge.signal import (
+    IdentityChange,
+    IdentityKeyPair,
+    MessageType,
+    PreKeyBundle,
+    ProtocolAddress,
+    SessionCipher,
+    SignedPreKeyRecord,
+    generate_prekeys,
+)
+from tests.signal.parties import LocalParty, to_bundle
+
+KEY = bytes(range(32))
+MXID = "@alice:example.org"
+
+
+def sealer() -> Sealer:
+    return Sealer(KEY)
+
+
+def login(mxid: str = MXID, **changes) -> Login:
+    values = dict(
+        mxid=mxid,
+        uvid=mxid,
+        iid=None,
+        state=LoginState.ENLISTING,
+        consented_at=1,
+        eea_attested=True,
+        country="DE",
+        noise_private=os.urandom(32),
+        registration_id=77,
+        identity=IdentityKeyPair.generate(),
+        signed_pre_key_id=1,
+        next_pre_key_id=1,
+        management_room="!mgmt:example.org",
+        created_at=1,
+    )
+    values.update(changes)
+    return Login(**values)
+
+
+def test_sealer_binds_context_and_key() -> None:
+    box = sealer()
+    sealed = box.seal(b"secret", "table", "row")
+    assert box.open(sealed, "table", "row") == b"secret"
+    assert b"secret" not in sealed
+    with pytest.raises(SealError):
+        box.open(sealed, "table", "other row")
+    with pytest.raises(SealError, match=r"encryption_at_rest\.key"):
+        Sealer(bytes(32)).open(sealed, "table", "row")
+    with pytest.raises(SealError):
+        box.open(b"\x01short", "table", "row")
+
+
+async def test_logins_round_trip_and_reserve_ids(db: Database) -> None:
+    store = LoginStore(db, sealer())
+    original = login(next_pre_key_id=0xFFFFFD)
+    await store.insert(original)
+    loaded = await store.get(MXID)
+    assert loaded is not None
+    assert loaded.identity.public == original.identity.public
+    assert loaded.noise_private == original.noise_private
+    assert await store.reserve_pre_key_ids(MXID, 4) == 0xFFFFFD
+    assert (await store.get(MXID)).next_pre_key_id == 3  # 0xFFFFFD, 0xFFFFFE, 1, 2 reserved
+    await store.set_enlisted(MXID, "1-123@interop")
+    enlisted = await store.by_iid("1-123@interop")
+    assert enlisted is not None and enlisted.state is LoginState.ENLISTED
+    assert [item.mxid for item in await store.all(LoginState.ENLISTED)] == [MXID]
+
+
+async def _establish(store: DbSignalStore, peer: LocalParty) -> None:
+    """A session with a Memory-store peer: we initiate, it answers."""
+    bundle = to_bundle(await peer.make_bundle(one_time=True))
+    cipher = SessionCipher(store, ProtocolAddress(peer.name, 1))
+    await cipher.process_bundle(bundle)
+    message = await cipher.encrypt(b"hello")
+    assert await peer.decrypt(MXID, int(message.type), message.serialized) == b"hello"
+    reply_type, reply = await peer.encrypt(MXID, b"hi back")
+    assert (await cipher.decrypt(MessageType(reply_type), reply)).plaintext == b"hi back"
+
+
+async def _signal_store(db: Database, row: Login) -> DbSignalStore:
+    return DbSignalStore(db, sealer(), row.mxid, row.identity, row.registration_id)
+
+
+async def test_signal_store_in_a_conversation_and_across_a_restart(db: Database, db_uri: str) -> None:
+    logins = LoginStore(db, sealer())
+    row = login()
+    await logins.insert(row)
+    store = await _signal_store(db, row)
+    await store.store_signed_pre_key(SignedPreKeyRecord.generate(row.identity, 1, 5))
+    await store.store_pre_keys(generate_prekeys(1, 3))
+    assert await store.count_pre_keys() == 3
+    peer = LocalParty("+4915112345678", 9)
+    await _establish(store, peer)
+
+    # The bridge restarts: a new connection and new store objects read the same rows.
+    again = create_database(db_uri)
+    await again.start()
+    try:
+        reloaded = await LoginStore(again, sealer()).get(MXID)
+        restarted = await _signal_store(again, reloaded)
+        cipher = SessionCipher(restarted, ProtocolAddress(peer.name, 1))
+        for i in range(3):
+            message = await cipher.encrypt(b"after restart %d" % i)
+            assert message.type == MessageType.WHISPER
+            assert await peer.decrypt(MXID, int(message.type), message.serialized) == b"after restart %d" % i
+            reply_type, reply = await peer.encrypt(MXID, b"reply %d" % i)
+            assert (await cipher.decrypt(MessageType(reply_type), reply)).plaintext == b"reply %d" % i
+    finally:
+        await again.close()
+
+
+async def test_peer_prekey_message_consumes_our_one_time_prekey(db: Database) -> None:
+    logins = LoginStore(db, sealer())
+    row = login()
+    await logins.insert(row)
+    store = await _signal_store(db, row)
+    signed = SignedPreKeyRecord.generate(row.identity, 1, 5)
+    await store.store_signed_pre_key(signed)
+    [opk] = generate_prekeys(40, 1)
+    await store.store_pre_key(opk)
+    peer = LocalParty("peer", 3)
+    await peer.cipher(MXID).process_bundle(
+        PreKeyBundle(
+            77,
+            1,
+            opk.id,
+            opk.key_pair.public,
+            signed.id,
+            signed.key_pair.public,
+            signed.signature,
+            row.identity.public,
+        )
+    )
+    message_type, body = await peer.encrypt(MXID, b"first contact")
+    result = await SessionCipher(store, ProtocolAddress("peer", 1)).decrypt(MessageType(message_type), body)
+    assert result.plaintext == b"first contact"
+    assert await store.load_pre_key(opk.id) is None
+    # The peer reinstalls: the identity change is reported.
+    peer.reinstall()
+    await peer.cipher(MXID).process_bundle(
+        PreKeyBundle(
+            77, 1, None, None, signed.id, signed.key_pair.public, signed.signature, row.identity.public
+        )
+    )
+    message_type, body = await peer.encrypt(MXID, b"new phone")
+    result = await SessionCipher(store, ProtocolAddress("peer", 1)).decrypt(MessageType(message_type), body)
+    assert result.identity_change is IdentityChange.REPLACED_EXISTING
+
+
+async def _all_bytes(db: Database) -> bytes:
+    tables = [
+        "logins",
+        "signal_pre_keys",
+        "signal_signed_pre_keys",
+        "signal_sessions",
+        "signal_identities",
+        "outbox",
+        "inbox",
+    ]
+    out = bytearray()
+    for table in tables:
+        for row in await db.fetch(f"SELECT * FROM {table}"):
+            for value in row.values():
+                if isinstance(value, (bytes, bytearray, memoryview)):
+                    out += bytes(value)
+                elif value is not None:
+                    out += str(value).encode()
+    return bytes(out)
+
+
+async def test_no_key_material_or_plaintext_in_any_row(db: Database) -> None:
+    logins = LoginStore(db, sealer())
+    row = login()
+    await logins.insert(row)
+    store = await _signal_store(db, row)
+    signed = SignedPreKeyRecord.generate(row.identity, 1, 5)
+    await store.store_signed_pre_key(signed)
+    prekeys = generate_prekeys(1, 2)
+    await store.store_pre_keys(prekeys)
+    peer = LocalParty("peer", 3)
+    await _establish(store, peer)
+    secret_text = b"the launch code is 0000"
+    await Outbox(db, sealer()).accept(
+        receiver=MXID,
+        peer="1@native",
+        gk_id="G1",
+        kind="text",
+        room_id="!r:x",
+        event_id="$e1",
+        payload=secret_text,
+    )
+    await Inbox(db, sealer()).accept(
+        receiver=MXID, sender="1@native", gk_id="N1", kind="text", payload=secret_text
+    )
+    dump = await _all_bytes(db)
+    assert secret_text not in dump
+    assert row.identity.key_pair.private not in dump
+    assert row.noise_private not in dump
+    assert signed.key_pair.private not in dump
+    assert all(p.key_pair.private not in dump for p in prekeys)
+    record = await store.load_session(ProtocolAddress(peer.name, 1))
+    assert record.current.root_key.key not in dump
+
+
+async def test_erasing_a_login_leaves_no_row(db: Database) -> None:
+    logins = LoginStore(db, sealer())
+    row = login()
+    await logins.insert(row)
+    await logins.insert(login("@bob:example.org"))
+    store = await _signal_store(db, row)
+    await store.store_signed_pre_key(SignedPreKeyRecord.generate(row.identity, 1, 5))
+    await store.store_pre_keys(generate_prekeys(1, 2))
+    await _establish(store, LocalParty("peer", 3))
+    await db.execute(
+        "INSERT INTO portals (receiver, peer, room_id, encrypted, created_at) VALUES ($1, $2, $3, $4, 1)",
+        MXID,
+        "1@native",
+        "!room:x",
+        False,
+    )
+    await db.execute(
+        "INSERT INTO messages (receiver, peer, gk_id, from_me, room_id, event_id, timestamp)"
+        " VALUES ($1, $2, 'G', $3, '!room:x', '$e', 1)",
+        MXID,
+        "1@native",
+        True,
+    )
+    await Outbox(db, sealer()).accept(
+        receiver=MXID,
+        peer="1@native",
+        gk_id="G2",
+        kind="text",
+        room_id="!room:x",
+        event_id="$e2",
+        payload=b"x",
+    )
+    await Inbox(db, sealer()).accept(receiver=MXID, sender="1@native", gk_id="N1", kind="text", payload=b"y")
+    await logins.delete(MXID)
+    for table, column in (
+        ("logins", "mxid"),
+        ("signal_pre_keys", "mxid"),
+        ("signal_signed_pre_keys", "mxid"),
+        ("signal_sessions", "mxid"),
+        ("signal_identities", "mxid"),
+        ("portals", "receiver"),
+        ("messages", "receiver"),
+        ("outbox", "receiver"),
+        ("inbox", "receiver"),
+    ):
+        count = await db.fetchval(f"SELECT count(*) FROM {table} WHERE {column} = $1", MXID)
+        assert count == 0, table
+    assert await logins.get("@bob:example.org") is not None
+
+
+async def test_outbox_accepts_each_event_once_and_forgets_sent_content(db: Database) -> None:
+    await LoginStore(db, sealer()).insert(login())
+    outbox = Outbox(db, sealer())
+    args = dict(receiver=MXID, peer="1@native", kind="text", room_id="!r:x", payload=b"hello")
+    first, new = await outbox.accept(gk_id="G1", event_id="$1", **args)
+    again, new_again = await outbox.accept(gk_id="G-other", event_id="$1", **args)
+    assert new and not new_again
+    assert again.id == first.id and again.gk_id == "G1", "a resent Matrix event keeps its gatekeeper id"
+    second, _ = await outbox.accept(gk_id="G2", event_id="$2", **args)
+    assert [i.id for i in await outbox.pending(MXID)] == [first.id, second.id]
+    await outbox.attempted(first.id, "429: rate limited")
+    assert (await outbox.get(first.id)).attempts == 1
+    await outbox.mark_sent(first.id)
+    sent = await outbox.get(first.id)
+    assert sent.state == "sent" and sent.payload is None
+    await outbox.mark_failed(second.id, "403: not reachable")
+    assert await outbox.pending(MXID) == []
+
+
+async def test_inbox_accepts_each_message_once(db: Database) -> None:
+    await LoginStore(db, sealer()).insert(login())
+    inbox = Inbox(db, sealer())
+    item, new = await inbox.accept(receiver=MXID, sender="1:2@native", gk_id="N1", kind="text", payload=b"hi")
+    again, new_again = await inbox.accept(
+        receiver=MXID, sender="1:2@native", gk_id="N1", kind="text", payload=b"hi"
+    )
+    assert new and not new_again and again.id == item.id and again.payload == b"hi"
+    await inbox.mark_posted(item.id, "$posted")
+    assert await inbox.pending() == []
+    repeat, repeat_new = await inbox.accept(
+        receiver=MXID, sender="1:2@native", gk_id="N1", kind="text", payload=b"hi"
+    )
+    assert not repeat_new and repeat.state == "posted" and repeat.event_id == "$posted"
