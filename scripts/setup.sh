@@ -41,6 +41,17 @@ if ! command -v node >/dev/null 2>&1 || ! command -v npm >/dev/null 2>&1; then
     fi
 fi
 
+# Postgres for the tests: the server on 127.0.0.1:5432 when one runs; otherwise the test
+# set-up starts a throwaway cluster from Debian's postgresql package, installed here.
+if ! (exec 3<>/dev/tcp/127.0.0.1/5432) 2>/dev/null && ! ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1; then
+    if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+        apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postgresql >/dev/null
+    else
+        echo "setup: no Postgres on 127.0.0.1:5432 and no initdb; install Debian's postgresql" >&2
+        exit 1
+    fi
+fi
+
 peer=tests/peers/signal
 peer_stamp=$peer/node_modules/.installed-$(sha256sum $peer/package-lock.json | cut -c1-16)
 if [ ! -f "$peer_stamp" ]; then
