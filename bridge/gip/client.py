@@ -325,7 +325,11 @@ class GipClient:
                 return
 
     async def _read_loop(self) -> None:
+        """Read stanzas: answers to our requests resolve at once, everything else goes, in
+        order, to the worker, so that a handler may itself make requests."""
         assert self._channel is not None
+        inbound: asyncio.Queue[Node | None] = asyncio.Queue()
+        self._spawn(self._work(inbound), "gip worker")
         code = GipErrorCode.CLOSED
         try:
             while True:
@@ -337,30 +341,42 @@ class GipClient:
                 if node.tag in ("failure", "stream:error"):
                     code = GipErrorCode.from_wire(node.get("reason") or node.get("code") or "500")
                     break
-                try:
-                    await self._dispatch(node)
-                except GipError as exc:
-                    log.warning("could not handle a <%s> stanza: %s", node.tag, exc.code.value)
+                key = (node.tag, node.get("id") or "")
+                if node.tag in ("iq", "ack") and key in self._pending:
+                    future = self._pending[key]
+                    if not future.done():
+                        future.set_result(node)
+                    continue
+                inbound.put_nowait(node)
         finally:
             self.disconnect_code = code
             self.closed.set()
             for future in self._pending.values():
                 if not future.done():
                     future.set_exception(GipError(GipErrorCode.CLOSED, "connection closed"))
-            with contextlib.suppress(Exception):
-                await self.on_event(DisconnectedEvent(code))
+            # What the worker has not handled stays in the gatekeeper's mailbox (no receipt
+            # was sent for it) and comes again on the next connection.
+            inbound.put_nowait(None)
+
+    async def _work(self, inbound: asyncio.Queue[Node | None]) -> None:
+        while (node := await inbound.get()) is not None:
+            if self.closed.is_set():
+                break
+            try:
+                await self._dispatch(node)
+            except GipError as exc:
+                log.warning("could not handle a <%s> stanza: %s", node.tag, exc.code.value)
+            except Exception:
+                # A failing handler must not stop the others; unreceipted messages come back.
+                log.exception("handler failed for a <%s> stanza", node.tag)
+        with contextlib.suppress(Exception):
+            await self.on_event(DisconnectedEvent(self.disconnect_code or GipErrorCode.CLOSED))
 
     async def _dispatch(self, node: Node) -> None:
         tag = node.tag
-        if tag == "iq":
-            future = self._pending.get(("iq", node.get("id") or ""))
-            if future is not None and not future.done():
-                future.set_result(node)
-        elif tag == "ack":
-            future = self._pending.get(("ack", node.get("id") or ""))
-            if future is not None and not future.done():
-                future.set_result(node)
-        elif tag == "message":
+        if tag in ("iq", "ack"):
+            return  # an answer nobody waits for any more (timed out)
+        if tag == "message":
             await self._on_message(st.IncomingMessage.parse(node))
         elif tag == "receipt":
             await self._on_receipt(st.Receipt.parse(node, direction="from"))

@@ -359,3 +359,29 @@ async def test_between_two_partner_users(sandbox: Sandbox, partner_server: Partn
     )
     assert read.receipt.message_ids == (message_id,)
     assert (await sandbox.control("GET", f"/partners/{carol.client.iid}"))["mailbox"] == 0
+
+
+async def test_a_handler_may_make_requests_while_handling_an_event(
+    sandbox: Sandbox, partner_server: PartnerServer
+) -> None:
+    """Handlers run beside the reader, so awaiting a reply inside one cannot deadlock."""
+    alice = await new_partner(sandbox, partner_server)
+    native = await sandbox.native()
+    await alice.client.send_message(Jid.parse(native["iid"]), Content(text="hi"))
+    counted: list[int] = []
+
+    async def handler(event) -> None:
+        await alice.on_event(event)
+        if isinstance(event, MessageEvent):
+            counted.append(await alice.client.count_prekeys())
+
+    alice.client.on_event = handler
+    sent = await sandbox.control(
+        "POST", f"/natives/{native['iid']}/send", {"to": alice.client.iid, "text": "x"}
+    )
+    await asyncio.wait_for(alice.wait_for(lambda e: isinstance(e, MessageEvent) and e.id == sent["id"]), 5)
+    for _ in range(50):
+        if counted:
+            break
+        await asyncio.sleep(0.02)
+    assert counted and counted[0] >= 0

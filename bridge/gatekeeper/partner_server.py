@@ -1,0 +1,95 @@
+"""The HTTP endpoints the gatekeeper calls on the Partner (GIP §2): our JWKS, push, media.
+
+Push and media requests carry a bearer JWT signed by the gatekeeper; it is verified
+against the gatekeeper's JWKS (cached, refetched on an unknown ``kid``) for issuer,
+audience (our integrator id) and a lifetime of at most an hour.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Awaitable, Callable
+
+from aiohttp import web
+
+from bridge.db.secrets import MediaStore
+from bridge.gip.errors import GipError
+from bridge.gip.tokens import GATEKEEPER_TOKEN_MAX_TTL, JwksFetcher, SigningKey, jwks_document
+
+log = logging.getLogger(__name__)
+JWKS_PATH = "/.well-known/oauth/openid/jwks"
+MAX_PUSH_BODY = 4096
+
+PushHandler = Callable[[str], Awaitable[None]]
+
+
+class PartnerServer:
+    def __init__(
+        self,
+        *,
+        signing_key: SigningKey,
+        gatekeeper_jwks: JwksFetcher,
+        gatekeeper_name: str,
+        integrator_id: str,
+        media: MediaStore,
+        on_push: PushHandler,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self._signing_key = signing_key
+        self._jwks = gatekeeper_jwks
+        self._issuer = gatekeeper_name
+        self._audience = integrator_id
+        self._media = media
+        self._on_push = on_push
+        self._clock = clock
+
+    def routes(self) -> list[web.RouteDef]:
+        return [
+            web.get(JWKS_PATH, self._jwks_document),
+            web.post("/push", self._push),
+            web.get("/media/{ref}", self._media_blob),
+        ]
+
+    async def _jwks_document(self, request: web.Request) -> web.Response:
+        return web.json_response(jwks_document([self._signing_key]))
+
+    async def _authorized(self, request: web.Request) -> bool:
+        header = request.headers.get("Authorization", "")
+        if not header.startswith("Bearer "):
+            return False
+        try:
+            await self._jwks.verify(
+                header.removeprefix("Bearer "),
+                issuer=self._issuer,
+                audience=self._audience,
+                max_ttl=GATEKEEPER_TOKEN_MAX_TTL,
+                now=self._clock(),
+            )
+        except GipError as exc:
+            log.warning("refused a gatekeeper request: %s", exc.text)
+            return False
+        return True
+
+    async def _push(self, request: web.Request) -> web.Response:
+        if not await self._authorized(request):
+            return web.Response(status=401)
+        if (request.content_length or 0) > MAX_PUSH_BODY:
+            return web.Response(status=413)
+        try:
+            body = await request.json()
+            uvid = body["to"]
+        except (ValueError, KeyError, TypeError):
+            return web.Response(status=400)
+        if not isinstance(uvid, str):
+            return web.Response(status=400)
+        await self._on_push(uvid)
+        return web.Response(status=200)
+
+    async def _media_blob(self, request: web.Request) -> web.Response:
+        if not await self._authorized(request):
+            return web.Response(status=401)
+        blob = await self._media.get(request.match_info["ref"])
+        if blob is None:
+            return web.Response(status=404)
+        return web.Response(body=blob, content_type="application/octet-stream")
