@@ -1,0 +1,1 @@
+"""Pure converters between Matrix event content and GIP message content (no I/O)."""

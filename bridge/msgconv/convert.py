@@ -1,0 +1,157 @@
+"""Matrix event content ⇄ GIP ``Content``.
+
+Matrix → GIP raises :class:`Unsupported` (with a reason for the message send status) for
+what the gatekeeper cannot carry. GIP → Matrix returns the content to post; references to
+other messages (replies, edits, reactions) come back as gatekeeper ids, which the core
+maps to Matrix event ids.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from typing import Any
+
+from bridge.gip.content import Content, ContextInfo, Edit, ExtendedText, MessageKey, Reaction, Revoke
+
+from .formatting import html_to_markup, markup_to_html
+
+MAX_TEXT = 65536
+_REPLY_FALLBACK = re.compile(r"^(> .*\n)+\n", re.MULTILINE)
+MEDIA_NAMES = {
+    "image": "a photo",
+    "video": "a video",
+    "audio": "a voice or audio message",
+    "document": "a file",
+}
+
+
+class Unsupported(Exception):
+    """The gatekeeper cannot carry this; ``reason`` is the MSS reason, ``text`` for people."""
+
+    def __init__(self, reason: str, text: str) -> None:
+        super().__init__(text)
+        self.reason = reason
+        self.text = text
+
+
+@dataclass(frozen=True)
+class Outgoing:
+    """What to send to the gatekeeper for one Matrix event."""
+
+    content: Content = field(repr=False)
+    message_type: str  # GIP stanza type: text, reaction, revoke
+
+
+def _text_of(content: dict[str, Any]) -> str:
+    if content.get("format") == "org.matrix.custom.html" and isinstance(content.get("formatted_body"), str):
+        text = html_to_markup(content["formatted_body"])
+    else:
+        body = content.get("body")
+        if not isinstance(body, str):
+            raise Unsupported("m.event_not_handled", "The message has no text.")
+        text = body
+        if isinstance(content.get("m.relates_to", {}).get("m.in_reply_to"), dict):
+            text = _REPLY_FALLBACK.sub("", text, count=1)
+    if not text.strip():
+        raise Unsupported("m.event_not_handled", "The message is empty.")
+    if len(text) > MAX_TEXT:
+        raise Unsupported("m.event_too_large", "The message is too long for the gatekeeper.")
+    return text
+
+
+def matrix_message(content: dict[str, Any], *, reply_to: str | None, edit_of: str | None) -> Outgoing:
+    """An ``m.room.message``: text, notice or emote, possibly a reply or an edit.
+
+    ``reply_to``/``edit_of`` are the gatekeeper ids of the referenced messages (the core
+    resolved them), or None.
+    """
+    msgtype = content.get("msgtype")
+    if edit_of is not None:
+        new = content.get("m.new_content")
+        if not isinstance(new, dict):
+            raise Unsupported("m.event_not_handled", "The edit has no new content.")
+        text = _text_of(new)
+        return Outgoing(Content(edit=Edit(key=MessageKey(id=edit_of, from_me=True), text=text)), "text")
+    if msgtype in ("m.image", "m.video", "m.audio", "m.file"):
+        raise Unsupported("m.event_not_handled", "Sending files to the gatekeeper is not supported yet.")
+    if msgtype not in ("m.text", "m.notice", "m.emote"):
+        raise Unsupported(
+            "m.event_not_handled", f"The gatekeeper cannot carry {msgtype or 'this kind of'} messages."
+        )
+    text = _text_of(content)
+    if msgtype == "m.emote":
+        text = f"/me {text}"
+    if reply_to is not None:
+        context = ContextInfo(stanza_id=reply_to)
+        return Outgoing(Content(extended_text=ExtendedText(text=text, context_info=context)), "text")
+    return Outgoing(Content(text=text), "text")
+
+
+def matrix_reaction(key: str, target: str, *, from_me: bool) -> Outgoing:
+    if not key or len(key) > 64:
+        raise Unsupported("m.event_not_handled", "The gatekeeper carries emoji reactions only.")
+    return Outgoing(
+        Content(reaction=Reaction(key=MessageKey(id=target, from_me=from_me), text=key)), "reaction"
+    )
+
+
+def matrix_reaction_removal(target: str, *, from_me: bool) -> Outgoing:
+    return Outgoing(
+        Content(reaction=Reaction(key=MessageKey(id=target, from_me=from_me), text="")), "reaction"
+    )
+
+
+def matrix_redaction(target: str) -> Outgoing:
+    return Outgoing(Content(revoke=Revoke(key=MessageKey(id=target, from_me=True))), "revoke")
+
+
+@dataclass(frozen=True)
+class Incoming:
+    """What to do in Matrix for one gatekeeper message."""
+
+    kind: str  # message, edit, reaction, revoke
+    content: dict[str, Any] = field(default_factory=dict)
+    target: str | None = None  # gatekeeper id of the message replied to, edited, reacted to or revoked
+    target_from_me: bool = False  # the target is ours (the Matrix user's) from the peer's point of view
+    emoji: str = ""
+
+
+def _text_content(text: str, msgtype: str = "m.text") -> dict[str, Any]:
+    content: dict[str, Any] = {"msgtype": msgtype, "body": text}
+    formatted = markup_to_html(text)
+    if formatted is not None:
+        content.update(format="org.matrix.custom.html", formatted_body=formatted)
+    return content
+
+
+def gip_content(content: Content) -> Incoming:
+    body = content.WhichOneof("body")
+    if body == "text":
+        return Incoming("message", _text_content(content.text))
+    if body == "extended_text":
+        ext = content.extended_text
+        target = ext.context_info.stanza_id or None
+        return Incoming("message", _text_content(ext.text), target=target)
+    if body == "reaction":
+        key = content.reaction.key
+        # The peer's from_me is about the peer: their reaction to "from_me=False" targets our message.
+        return Incoming(
+            "reaction", target=key.id, target_from_me=not key.from_me, emoji=content.reaction.text
+        )
+    if body == "revoke":
+        return Incoming("revoke", target=content.revoke.key.id)
+    if body == "edit":
+        return Incoming("edit", _text_content(content.edit.text), target=content.edit.key.id)
+    if body in MEDIA_NAMES:
+        media = getattr(content, body)
+        caption = f" with the caption “{media.caption}”" if media.caption else ""
+        return Incoming(
+            "message",
+            {
+                "msgtype": "m.notice",
+                "body": f"Sent {MEDIA_NAMES[body]}{caption}, which this bridge cannot show yet.",
+            },
+            target=media.context_info.stanza_id or None,
+        )
+    return Incoming("message", {"msgtype": "m.notice", "body": "Sent a message this bridge cannot show."})

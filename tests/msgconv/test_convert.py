@@ -1,0 +1,148 @@
+"""Matrix ⇄ GIP content conversion, table-driven."""
+
+from __future__ import annotations
+
+import pytest
+
+from bridge.gip.content import Content, ContextInfo, Edit, ExtendedText, Media, MessageKey, Reaction, Revoke
+from bridge.msgconv.convert import (
+    Unsupported,
+    gip_content,
+    matrix_message,
+    matrix_reaction,
+    matrix_reaction_removal,
+    matrix_redaction,
+)
+from bridge.msgconv.formatting import html_to_markup, markup_to_html
+
+
+@pytest.mark.parametrize(
+    ("html", "text"),
+    [
+        ("<strong>bold</strong> and <em>it</em>", "*bold* and _it_"),
+        ("<del>gone</del> <code>x=1</code>", "~gone~ `x=1`"),
+        ("<pre><code>a\nb</code></pre>", "```a\nb```"),
+        ("line<br>next", "line\nnext"),
+        ("<p>one</p><p>two</p>", "one\ntwo"),
+        ('<a href="https://example.org">site</a>', "site (https://example.org)"),
+        ('<a href="https://example.org">https://example.org</a>', "https://example.org"),
+        ('<a href="https://matrix.to/#/@bob:x">Bob</a>', "Bob"),
+        ("<ul><li>a</li><li>b</li></ul>", "• a\n• b"),
+        ("<ol><li>a</li><li>b</li></ol>", "1. a\n2. b"),
+        ("<mx-reply><blockquote>old</blockquote></mx-reply>new", "new"),
+        ("&lt;tag&gt; &amp;", "<tag> &"),
+    ],
+)
+def test_html_to_markup(html: str, text: str) -> None:
+    assert html_to_markup(html) == text
+
+
+@pytest.mark.parametrize(
+    ("text", "html"),
+    [
+        ("plain", None),
+        ("*bold*", "<strong>bold</strong>"),
+        ("a _b_ ~c~ `d`", "a <em>b</em> <del>c</del> <code>d</code>"),
+        ("<b>not html</b>", None),
+        ("2*3*4", None),
+        ("snake_case_name", None),
+        ("x\n*y*", "x<br/><strong>y</strong>"),
+    ],
+)
+def test_markup_to_html(text: str, html: str | None) -> None:
+    assert markup_to_html(text) == html
+
+
+def test_text_notice_emote_reply_and_edit() -> None:
+    assert matrix_message(
+        {"msgtype": "m.text", "body": "hi"}, reply_to=None, edit_of=None
+    ).content == Content(text="hi")
+    assert (
+        matrix_message({"msgtype": "m.notice", "body": "n"}, reply_to=None, edit_of=None).content.text == "n"
+    )
+    assert (
+        matrix_message({"msgtype": "m.emote", "body": "waves"}, reply_to=None, edit_of=None).content.text
+        == "/me waves"
+    )
+    formatted = {
+        "msgtype": "m.text",
+        "body": "**b**",
+        "format": "org.matrix.custom.html",
+        "formatted_body": "<strong>b</strong>",
+    }
+    assert matrix_message(formatted, reply_to=None, edit_of=None).content.text == "*b*"
+    reply = {
+        "msgtype": "m.text",
+        "body": "> <@bob:x> old\n\nnew",
+        "m.relates_to": {"m.in_reply_to": {"event_id": "$o"}},
+    }
+    out = matrix_message(reply, reply_to="G1", edit_of=None)
+    assert out.content == Content(
+        extended_text=ExtendedText(text="new", context_info=ContextInfo(stanza_id="G1"))
+    )
+    edit = {
+        "msgtype": "m.text",
+        "body": "* fixed",
+        "m.new_content": {"msgtype": "m.text", "body": "fixed"},
+        "m.relates_to": {"rel_type": "m.replace", "event_id": "$o"},
+    }
+    assert matrix_message(edit, reply_to=None, edit_of="G1").content == Content(
+        edit=Edit(key=MessageKey(id="G1", from_me=True), text="fixed")
+    )
+
+
+@pytest.mark.parametrize(
+    "content",
+    [
+        {"msgtype": "m.location", "body": "here", "geo_uri": "geo:1,2"},
+        {"msgtype": "m.image", "body": "cat.png", "url": "mxc://x/y"},
+        {"msgtype": "m.text", "body": "   "},
+        {"msgtype": "m.text"},
+        {"msgtype": "m.text", "body": "x" * 70000},
+    ],
+)
+def test_what_cannot_be_carried_is_refused_with_a_reason(content: dict) -> None:
+    with pytest.raises(Unsupported) as excinfo:
+        matrix_message(content, reply_to=None, edit_of=None)
+    assert excinfo.value.reason.startswith("m.event")
+    assert excinfo.value.text
+
+
+def test_reactions_and_redactions() -> None:
+    assert matrix_reaction("👍", "G1", from_me=False).content == Content(
+        reaction=Reaction(key=MessageKey(id="G1", from_me=False), text="👍")
+    )
+    assert matrix_reaction_removal("G1", from_me=True).content.reaction.text == ""
+    assert matrix_redaction("G1").content == Content(revoke=Revoke(key=MessageKey(id="G1", from_me=True)))
+    assert matrix_redaction("G1").message_type == "revoke"
+    with pytest.raises(Unsupported):
+        matrix_reaction("x" * 100, "G1", from_me=False)
+
+
+def test_gip_to_matrix() -> None:
+    assert gip_content(Content(text="*hi*")).content == {
+        "msgtype": "m.text",
+        "body": "*hi*",
+        "format": "org.matrix.custom.html",
+        "formatted_body": "<strong>hi</strong>",
+    }
+    reply = gip_content(
+        Content(extended_text=ExtendedText(text="ok", context_info=ContextInfo(stanza_id="G9")))
+    )
+    assert reply.kind == "message" and reply.target == "G9"
+    reaction = gip_content(Content(reaction=Reaction(key=MessageKey(id="G9", from_me=False), text="❤")))
+    assert (reaction.kind, reaction.target, reaction.target_from_me, reaction.emoji) == (
+        "reaction",
+        "G9",
+        True,
+        "❤",
+    )
+    assert gip_content(Content(revoke=Revoke(key=MessageKey(id="G9", from_me=True)))).kind == "revoke"
+    edit = gip_content(Content(edit=Edit(key=MessageKey(id="G9", from_me=True), text="new")))
+    assert (edit.kind, edit.target, edit.content["body"]) == ("edit", "G9", "new")
+    photo = gip_content(Content(image=Media(caption="look")))
+    assert (
+        photo.content["msgtype"] == "m.notice"
+        and "photo" in photo.content["body"]
+        and "look" in photo.content["body"]
+    )
