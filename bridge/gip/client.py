@@ -77,6 +77,7 @@ class MessageEvent:
     content: Content = field(repr=False)
     identity_changed: bool
     offline: bool
+    sender_uvid: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -555,6 +556,7 @@ class GipClient:
                 content,
                 result.identity_change is IdentityChange.REPLACED_EXISTING,
                 message.offline,
+                message.sender_uvid,
             )
         )
         # Only now, after the handler returned: the delivery receipt that empties the mailbox.

@@ -407,11 +407,16 @@ class IncomingMessage:
     t: int
     enc: Enc
     offline: bool = False
+    # (ours) The sender's user-visible identifier, so that the Partner can name them:
+    # whoever writes to someone reveals their number or username to them.
+    sender_uvid: str | None = None
 
     def node(self) -> Node:
         attrs = {"id": self.id, "from": str(self.sender), "type": self.type, "t": str(self.t)}
         if self.offline:
             attrs["offline"] = "1"
+        if self.sender_uvid:
+            attrs["uvid"] = self.sender_uvid
         return Node("message", attrs, [self.enc.node()])
 
     @classmethod
@@ -423,6 +428,7 @@ class IncomingMessage:
             node.int_attr("t"),
             Enc.parse(node.require_child("enc")),
             node.get("offline") == "1",
+            node.get("uvid"),
         )
 
 

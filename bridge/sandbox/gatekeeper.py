@@ -587,7 +587,9 @@ class Gatekeeper:
         for jid, enc in message.participants:
             if jid.bare != recipient_jid or not self.store.mark_seen(sender.iid, f"{message.id}/{jid}", now):
                 continue
-            node = st.IncomingMessage(message.id, Jid.parse(sender.iid), message.type, message.t, enc).node()
+            node = st.IncomingMessage(
+                message.id, Jid.parse(sender.iid), message.type, message.t, enc, sender_uvid=sender.uvid
+            ).node()
             await self.deliver(recipient.iid, "message", message.id, sender.iid, node)
         return st.ack(message.id, "message", t=int(now))
 
@@ -777,7 +779,7 @@ class Gatekeeper:
             bundle = fetched if isinstance(fetched, st.Bundle) else None
         enc = await device.encrypt(partner, plaintext, bundle)
         node = st.IncomingMessage(
-            receipt.id, device_jid, message_type.decode(), int(self.clock.now()), enc
+            receipt.id, device_jid, message_type.decode(), int(self.clock.now()), enc, sender_uvid=native.uvid
         ).node()
         self._log_native(
             native.iid, str(device_jid), {"event": "resent", "id": receipt.id, "count": receipt.retry_count}
@@ -823,7 +825,9 @@ class Gatekeeper:
             damaged[len(damaged) // 2] ^= 0x55
             enc = st.Enc(enc.type, bytes(damaged))
         self.store.add_contact(partner.iid, native.iid, self.clock.now())
-        node = st.IncomingMessage(stanza_id, device_jid, message_type, int(self.clock.now()), enc).node()
+        node = st.IncomingMessage(
+            stanza_id, device_jid, message_type, int(self.clock.now()), enc, sender_uvid=native.uvid
+        ).node()
         self._log_native(
             native.iid,
             str(device_jid),

@@ -385,3 +385,11 @@ async def test_a_handler_may_make_requests_while_handling_an_event(
             break
         await asyncio.sleep(0.02)
     assert counted and counted[0] >= 0
+
+
+async def test_messages_from_natives_carry_their_identifier(sandbox: Sandbox, partner_server: PartnerServer) -> None:
+    alice = await new_partner(sandbox, partner_server)
+    native = await sandbox.native()
+    sent = await sandbox.control("POST", f"/natives/{native['iid']}/send", {"to": alice.client.iid, "text": "hi"})
+    event = await alice.wait_for(lambda e: isinstance(e, MessageEvent) and e.id == sent["id"])
+    assert event.sender_uvid == native["uvid"]

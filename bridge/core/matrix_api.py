@@ -1,0 +1,70 @@
+"""What the core needs from Matrix; ``bridge.matrix`` implements it with mautrix."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from enum import Enum
+from typing import Any, Protocol
+
+
+class SendStatus(Enum):
+    """``com.beeper.message_send_status`` statuses."""
+
+    SUCCESS = "SUCCESS"
+    PENDING = "PENDING"
+    FAIL_RETRIABLE = "FAIL_RETRIABLE"
+    FAIL_PERMANENT = "FAIL_PERMANENT"
+
+
+@dataclass(frozen=True)
+class StatusReport:
+    status: SendStatus
+    reason: str | None = None  # machine-readable, e.g. m.event_not_handled
+    message: str | None = None  # for the user
+    delivered_to: tuple[str, ...] = ()  # puppets that confirmed delivery
+
+
+@dataclass(frozen=True)
+class BridgeInfo:
+    """The ``m.bridge`` / ``uk.half-shot.bridge`` state of a portal (MSC2346)."""
+
+    state_key: str
+    content: dict[str, Any]
+
+
+class MatrixAPI(Protocol):
+    bot_mxid: str
+
+    async def ensure_puppet(self, mxid: str, displayname: str) -> None:
+        """Register the puppet user if needed and set its display name."""
+        ...
+
+    async def create_portal(
+        self, *, puppet: str, receiver: str, name: str, topic: str, info: BridgeInfo, encrypted: bool
+    ) -> str:
+        """A DM room made by the puppet with the receiver invited; returns its room id."""
+        ...
+
+    async def send_message(
+        self, room_id: str, sender: str, content: dict[str, Any], timestamp_ms: int
+    ) -> str: ...
+
+    async def send_reaction(self, room_id: str, sender: str, target_event: str, key: str) -> str: ...
+
+    async def redact(self, room_id: str, sender: str, event_id: str) -> None: ...
+
+    async def send_receipt(self, room_id: str, sender: str, event_id: str) -> None: ...
+
+    async def set_typing(self, room_id: str, sender: str, typing: bool) -> None: ...
+
+    async def send_notice(self, room_id: str, text: str) -> str:
+        """A notice from the bridge bot."""
+        ...
+
+    async def send_status(self, room_id: str, event_id: str, report: StatusReport) -> None:
+        """The message send status of a Matrix event the bridge handled."""
+        ...
+
+    async def leave_portal(self, room_id: str, puppet: str, receiver: str) -> None:
+        """Tear a portal down: the puppet and the bot leave, the receiver is removed."""
+        ...
