@@ -68,9 +68,7 @@ policies:
 """
     )
     command = [sys.executable, *(os.environ.get("SANDBOX_PREFIX", "").split()), "-m", "bridge.sandbox"]
-    process = subprocess.Popen(
-        [*command, "-c", str(config)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
-    )
+    process = subprocess.Popen([*command, "-c", str(config)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     http = aiohttp.ClientSession()
     try:
         base = f"http://127.0.0.1:{port}"

@@ -162,9 +162,7 @@ def parse_config(data: Any, *, require_tokens: bool = True) -> BridgeConfig:
     database_uri = _get(data, "database.uri", str)
     scheme = urlparse(database_uri).scheme
     if scheme not in ("postgres", "postgresql", "sqlite"):
-        raise ConfigError(
-            f"database.uri: must start with postgres:// or sqlite:///, got {scheme or 'nothing'}"
-        )
+        raise ConfigError(f"database.uri: must start with postgres:// or sqlite:///, got {scheme or 'nothing'}")
     profile = _get(data, "gatekeeper.profile", str)
     if profile not in ("whatsapp", "messenger"):
         raise ConfigError(f"gatekeeper.profile: must be whatsapp or messenger, got {profile!r}")
@@ -172,9 +170,7 @@ def parse_config(data: Any, *, require_tokens: bool = True) -> BridgeConfig:
     for name in ("as_token", "hs_token"):
         value = _get(data, f"appservice.{name}", str)
         if require_tokens and (value == GENERATE or len(value) < 16):
-            raise ConfigError(
-                f"appservice.{name}: not set; run `python -m bridge -g` to generate the registration"
-            )
+            raise ConfigError(f"appservice.{name}: not set; run `python -m bridge -g` to generate the registration")
         tokens[name] = value
     raw_key = _get(data, "encryption_at_rest.key", str)
     key = b""
@@ -184,9 +180,7 @@ def parse_config(data: Any, *, require_tokens: bool = True) -> BridgeConfig:
         except (binascii.Error, ValueError):
             key = b""
         if len(key) != 32:
-            raise ConfigError(
-                "encryption_at_rest.key: must be 32 bytes of base64; `python -m bridge -g` makes one"
-            )
+            raise ConfigError("encryption_at_rest.key: must be 32 bytes of base64; `python -m bridge -g` makes one")
     username = _get(data, "appservice.bot.username", str)
     if not _LOCALPART.match(username):
         raise ConfigError(f"appservice.bot.username: {username!r} is not a valid Matrix localpart")
@@ -207,9 +201,7 @@ def parse_config(data: Any, *, require_tokens: bool = True) -> BridgeConfig:
         try:
             permissions[str(subject)] = PermissionLevel[str(level).upper()]
         except KeyError:
-            raise ConfigError(
-                f"bridge.permissions.{subject}: must be user, admin or none, got {level!r}"
-            ) from None
+            raise ConfigError(f"bridge.permissions.{subject}: must be user, admin or none, got {level!r}") from None
     level = _get(data, "logging.level", str).upper()
     if level not in ("DEBUG", "INFO", "WARNING", "ERROR"):
         raise ConfigError(f"logging.level: must be DEBUG, INFO, WARNING or ERROR, got {level!r}")
@@ -260,9 +252,7 @@ def dump_yaml(data: Any) -> str:
     return out.getvalue()
 
 
-def load_config(
-    path: Path, example: Path = EXAMPLE_PATH, *, require_tokens: bool = True
-) -> tuple[BridgeConfig, Any]:
+def load_config(path: Path, example: Path = EXAMPLE_PATH, *, require_tokens: bool = True) -> tuple[BridgeConfig, Any]:
     """Read, upgrade (writing the file back if keys were added) and check the config."""
     user = read_yaml(path)
     merged = merge_into_example(user, read_yaml(example))
@@ -290,7 +280,8 @@ def generate_registration(path: Path, registration: Path, example: Path = EXAMPL
         "url": config.appservice_address,
         "as_token": config.as_token,
         "hs_token": config.hs_token,
-        "sender_localpart": config.bot_username,
+        # A random sender, not the bot: the bot is an ordinary user in the namespace.
+        "sender_localpart": secrets.token_hex(16),
         "rate_limited": False,
         "namespaces": {
             "users": [

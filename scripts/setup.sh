@@ -32,6 +32,15 @@ if [ ! -f "$stamp" ]; then
     touch "$stamp"
 fi
 
+# Synapse for the integration tests, in its own venv so that its pins never meet the bridge's.
+synapse_version=1.163.2
+if [ ! -f ".venv-synapse/.installed-$synapse_version" ]; then
+    [ -x .venv-synapse/bin/python ] || "$(command -v python3.11 || command -v python3)" -m venv .venv-synapse
+    .venv-synapse/bin/python -m pip install --quiet --upgrade pip
+    .venv-synapse/bin/python -m pip install --quiet "matrix-synapse==$synapse_version"
+    touch ".venv-synapse/.installed-$synapse_version"
+fi
+
 if ! command -v node >/dev/null 2>&1 || ! command -v npm >/dev/null 2>&1; then
     if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
         apt-get update -qq && apt-get install -y -qq nodejs npm >/dev/null

@@ -32,7 +32,7 @@ def test_generate_fills_tokens_and_writes_registration(config_path: Path, tmp_pa
     assert len(config.as_token) >= 40 and len(config.at_rest_key) == 32
     data = read_yaml(registration)
     assert data["as_token"] == config.as_token and data["hs_token"] == config.hs_token
-    assert data["sender_localpart"] == "dmabot"
+    assert data["sender_localpart"] != "dmabot" and len(data["sender_localpart"]) == 32
     assert data["de.sorunome.msc2409.push_ephemeral"] is True and data["receive_ephemeral"] is True
     regexes = [ns["regex"] for ns in data["namespaces"]["users"]]
     assert all(ns["exclusive"] for ns in data["namespaces"]["users"])
@@ -87,9 +87,7 @@ def test_upgrade_adds_new_keys_and_keeps_values_and_comments(config_path: Path, 
         ),
     ],
 )
-def test_each_problem_is_one_line_naming_the_key(
-    config_path: Path, tmp_path: Path, change, message: str
-) -> None:
+def test_each_problem_is_one_line_naming_the_key(config_path: Path, tmp_path: Path, change, message: str) -> None:
     generate_registration(config_path, tmp_path / "registration.yaml")
     data = read_yaml(config_path)
     section, key, value = change

@@ -97,9 +97,7 @@ def upgrade() -> None:
         sa.Column("room_id", sa.Text, nullable=False),
         sa.Column("event_id", sa.Text, nullable=False),
         sa.Column("timestamp", sa.BigInteger, nullable=False),
-        sa.ForeignKeyConstraint(
-            ["receiver", "peer"], ["portals.receiver", "portals.peer"], ondelete="CASCADE"
-        ),
+        sa.ForeignKeyConstraint(["receiver", "peer"], ["portals.receiver", "portals.peer"], ondelete="CASCADE"),
         sa.UniqueConstraint("room_id", "event_id", name="messages_event"),
     )
     op.create_table(
@@ -111,9 +109,7 @@ def upgrade() -> None:
         sa.Column("target_gk_id", sa.Text, nullable=False),
         sa.Column("from_me", sa.Boolean, nullable=False),
         sa.Column("emoji", sa.Text, nullable=False),
-        sa.ForeignKeyConstraint(
-            ["receiver", "peer"], ["portals.receiver", "portals.peer"], ondelete="CASCADE"
-        ),
+        sa.ForeignKeyConstraint(["receiver", "peer"], ["portals.receiver", "portals.peer"], ondelete="CASCADE"),
     )
     op.create_table(
         "receipts",
@@ -122,16 +118,12 @@ def upgrade() -> None:
         sa.Column("gk_id", sa.Text, primary_key=True),
         sa.Column("kind", sa.Text, primary_key=True),
         sa.Column("timestamp", sa.BigInteger, nullable=False),
-        sa.ForeignKeyConstraint(
-            ["receiver", "peer"], ["portals.receiver", "portals.peer"], ondelete="CASCADE"
-        ),
+        sa.ForeignKeyConstraint(["receiver", "peer"], ["portals.receiver", "portals.peer"], ondelete="CASCADE"),
         sa.CheckConstraint("kind IN ('delivered', 'read')", name="receipts_kind"),
     )
     op.create_table(
         "outbox",
-        sa.Column(
-            "id", sa.BigInteger().with_variant(sa.Integer, "sqlite"), primary_key=True, autoincrement=True
-        ),
+        sa.Column("id", sa.BigInteger().with_variant(sa.Integer, "sqlite"), primary_key=True, autoincrement=True),
         sa.Column("receiver", sa.Text, sa.ForeignKey("logins.mxid", ondelete="CASCADE"), nullable=False),
         sa.Column("peer", sa.Text, nullable=False),
         sa.Column("gk_id", sa.Text, nullable=False),
@@ -151,9 +143,7 @@ def upgrade() -> None:
     op.create_index("outbox_pending", "outbox", ["receiver", "state", "id"])
     op.create_table(
         "inbox",
-        sa.Column(
-            "id", sa.BigInteger().with_variant(sa.Integer, "sqlite"), primary_key=True, autoincrement=True
-        ),
+        sa.Column("id", sa.BigInteger().with_variant(sa.Integer, "sqlite"), primary_key=True, autoincrement=True),
         sa.Column("receiver", sa.Text, sa.ForeignKey("logins.mxid", ondelete="CASCADE"), nullable=False),
         sa.Column("sender", sa.Text, nullable=False),
         sa.Column("gk_id", sa.Text, nullable=False),

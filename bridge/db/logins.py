@@ -52,9 +52,7 @@ class LoginStore:
             country=row["country"],
             noise_private=self._sealer.open(row["noise_private"], "logins.noise", mxid),
             registration_id=row["registration_id"],
-            identity=IdentityKeyPair.deserialize(
-                self._sealer.open(row["identity_key_pair"], "logins.identity", mxid)
-            ),
+            identity=IdentityKeyPair.deserialize(self._sealer.open(row["identity_key_pair"], "logins.identity", mxid)),
             signed_pre_key_id=row["signed_pre_key_id"],
             next_pre_key_id=row["next_pre_key_id"],
             management_room=row["management_room"],
@@ -99,9 +97,7 @@ class LoginStore:
         if state is None:
             rows = await self._db.fetch("SELECT * FROM logins ORDER BY created_at")
         else:
-            rows = await self._db.fetch(
-                "SELECT * FROM logins WHERE state = $1 ORDER BY created_at", state.value
-            )
+            rows = await self._db.fetch("SELECT * FROM logins WHERE state = $1 ORDER BY created_at", state.value)
         return [self._login(r) for r in rows]
 
     async def set_enlisted(self, mxid: str, iid: str) -> None:

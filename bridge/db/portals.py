@@ -57,9 +57,7 @@ class PortalStore:
         self._db = db
 
     async def get(self, receiver: str, peer: str) -> Portal | None:
-        row = await self._db.fetchrow(
-            "SELECT * FROM portals WHERE receiver = $1 AND peer = $2", receiver, peer
-        )
+        row = await self._db.fetchrow("SELECT * FROM portals WHERE receiver = $1 AND peer = $2", receiver, peer)
         return _portal(row) if row else None
 
     async def by_room(self, room_id: str) -> Portal | None:
@@ -73,8 +71,7 @@ class PortalStore:
     async def insert(self, receiver: str, peer: str, room_id: str, encrypted: bool) -> Portal:
         now = int(time.time() * 1000)
         await self._db.execute(
-            "INSERT INTO portals (receiver, peer, room_id, encrypted, created_at)"
-            " VALUES ($1, $2, $3, $4, $5)",
+            "INSERT INTO portals (receiver, peer, room_id, encrypted, created_at) VALUES ($1, $2, $3, $4, $5)",
             receiver,
             peer,
             room_id,
@@ -134,15 +131,12 @@ class MessageStore:
         return _message(row) if row else None
 
     async def by_event(self, room_id: str, event_id: str) -> MessageRef | None:
-        row = await self._db.fetchrow(
-            "SELECT * FROM messages WHERE room_id = $1 AND event_id = $2", room_id, event_id
-        )
+        row = await self._db.fetchrow("SELECT * FROM messages WHERE room_id = $1 AND event_id = $2", room_id, event_id)
         return _message(row) if row else None
 
     async def latest_from_peer_before(self, room_id: str, timestamp: int) -> list[MessageRef]:
         rows = await self._db.fetch(
-            "SELECT * FROM messages WHERE room_id = $1 AND from_me = $2 AND timestamp <= $3"
-            " ORDER BY timestamp",
+            "SELECT * FROM messages WHERE room_id = $1 AND from_me = $2 AND timestamp <= $3 ORDER BY timestamp",
             room_id,
             False,
             timestamp,
@@ -186,8 +180,7 @@ class MessageStore:
 
     async def reaction_by_target(self, receiver: str, peer: str, target: str, from_me: bool) -> Row | None:
         return await self._db.fetchrow(
-            "SELECT * FROM reactions"
-            " WHERE receiver = $1 AND peer = $2 AND target_gk_id = $3 AND from_me = $4",
+            "SELECT * FROM reactions WHERE receiver = $1 AND peer = $2 AND target_gk_id = $3 AND from_me = $4",
             receiver,
             peer,
             target,
@@ -195,6 +188,4 @@ class MessageStore:
         )
 
     async def delete_reaction(self, room_id: str, event_id: str) -> None:
-        await self._db.execute(
-            "DELETE FROM reactions WHERE room_id = $1 AND event_id = $2", room_id, event_id
-        )
+        await self._db.execute("DELETE FROM reactions WHERE room_id = $1 AND event_id = $2", room_id, event_id)

@@ -109,6 +109,10 @@ class Outbox:
             )
         return [self._item(r) for r in rows]
 
+    async def by_gk_id(self, receiver: str, gk_id: str) -> OutboxItem | None:
+        row = await self._db.fetchrow("SELECT * FROM outbox WHERE receiver = $1 AND gk_id = $2", receiver, gk_id)
+        return self._item(row) if row else None
+
     async def get(self, item_id: int) -> OutboxItem | None:
         row = await self._db.fetchrow("SELECT * FROM outbox WHERE id = $1", item_id)
         return self._item(row) if row else None
@@ -124,16 +128,14 @@ class Outbox:
     async def mark_sent(self, item_id: int) -> None:
         """The gatekeeper stored it: forget the content."""
         await self._db.execute(
-            "UPDATE outbox SET state = 'sent', payload = NULL, last_error = NULL, updated_at = $1"
-            " WHERE id = $2",
+            "UPDATE outbox SET state = 'sent', payload = NULL, last_error = NULL, updated_at = $1 WHERE id = $2",
             _now_ms(),
             item_id,
         )
 
     async def mark_failed(self, item_id: int, error: str) -> None:
         await self._db.execute(
-            "UPDATE outbox SET state = 'failed', payload = NULL, last_error = $1, updated_at = $2"
-            " WHERE id = $3",
+            "UPDATE outbox SET state = 'failed', payload = NULL, last_error = $1, updated_at = $2 WHERE id = $3",
             error,
             _now_ms(),
             item_id,

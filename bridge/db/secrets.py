@@ -26,9 +26,7 @@ class SecretStore:
                 kid, pem = self._sealer.open(value, "bridge_secrets", SIGNING_KEY).split(b"\n", 1)
                 return SigningKey.from_pem(kid.decode(), pem)
             key = SigningKey.generate()
-            sealed = self._sealer.seal(
-                key.kid.encode() + b"\n" + key.private_pem(), "bridge_secrets", SIGNING_KEY
-            )
+            sealed = self._sealer.seal(key.kid.encode() + b"\n" + key.private_pem(), "bridge_secrets", SIGNING_KEY)
             await self._db.execute(
                 "INSERT INTO bridge_secrets (name, value, created_at) VALUES ($1, $2, $3)",
                 SIGNING_KEY,

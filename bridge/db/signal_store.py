@@ -26,9 +26,7 @@ from .sealed import Sealer
 
 
 class DbSignalStore:
-    def __init__(
-        self, db: Database, sealer: Sealer, mxid: str, identity: IdentityKeyPair, registration_id: int
-    ):
+    def __init__(self, db: Database, sealer: Sealer, mxid: str, identity: IdentityKeyPair, registration_id: int):
         self._db = db
         self._sealer = sealer
         self.mxid = mxid
@@ -54,8 +52,7 @@ class DbSignalStore:
                 return IdentityChange.NEW_OR_UNCHANGED
             if old is None:
                 await self._db.execute(
-                    "INSERT INTO signal_identities (mxid, address, identity_key, changed_at)"
-                    " VALUES ($1, $2, $3, $4)",
+                    "INSERT INTO signal_identities (mxid, address, identity_key, changed_at) VALUES ($1, $2, $3, $4)",
                     self.mxid,
                     str(address),
                     key.serialize(),
@@ -63,8 +60,7 @@ class DbSignalStore:
                 )
                 return IdentityChange.NEW_OR_UNCHANGED
             await self._db.execute(
-                "UPDATE signal_identities SET identity_key = $1, changed_at = $2"
-                " WHERE mxid = $3 AND address = $4",
+                "UPDATE signal_identities SET identity_key = $1, changed_at = $2 WHERE mxid = $3 AND address = $4",
                 key.serialize(),
                 int(time.time() * 1000),
                 self.mxid,
@@ -72,9 +68,7 @@ class DbSignalStore:
             )
             return IdentityChange.REPLACED_EXISTING
 
-    async def is_trusted_identity(
-        self, address: ProtocolAddress, key: PublicKey, direction: Direction
-    ) -> bool:
+    async def is_trusted_identity(self, address: ProtocolAddress, key: PublicKey, direction: Direction) -> bool:
         return True
 
     async def get_identity(self, address: ProtocolAddress) -> PublicKey | None:
@@ -106,10 +100,7 @@ class DbSignalStore:
         )
 
     async def store_pre_keys(self, records: list[PreKeyRecord]) -> None:
-        rows = [
-            (self.mxid, r.id, self._sealer.seal(r.serialize(), "pre_key", self.mxid, str(r.id)))
-            for r in records
-        ]
+        rows = [(self.mxid, r.id, self._sealer.seal(r.serialize(), "pre_key", self.mxid, str(r.id))) for r in records]
         await self._db.executemany(
             "INSERT INTO signal_pre_keys (mxid, key_id, record) VALUES ($1, $2, $3)"
             " ON CONFLICT (mxid, key_id) DO UPDATE SET record = excluded.record",
@@ -117,9 +108,7 @@ class DbSignalStore:
         )
 
     async def remove_pre_key(self, pre_key_id: int) -> None:
-        await self._db.execute(
-            "DELETE FROM signal_pre_keys WHERE mxid = $1 AND key_id = $2", self.mxid, pre_key_id
-        )
+        await self._db.execute("DELETE FROM signal_pre_keys WHERE mxid = $1 AND key_id = $2", self.mxid, pre_key_id)
 
     async def count_pre_keys(self) -> int:
         return int(await self._db.fetchval("SELECT count(*) FROM signal_pre_keys WHERE mxid = $1", self.mxid))
@@ -189,9 +178,7 @@ class DbSignalStore:
             self._sealer.open(value, "sender_key", self.mxid, str(sender), distribution_id)
         )
 
-    async def store_sender_key(
-        self, sender: ProtocolAddress, distribution_id: str, record: SenderKeyRecord
-    ) -> None:
+    async def store_sender_key(self, sender: ProtocolAddress, distribution_id: str, record: SenderKeyRecord) -> None:
         sealed = self._sealer.seal(record.serialize(), "sender_key", self.mxid, str(sender), distribution_id)
         await self._db.execute(
             "INSERT INTO signal_sender_keys (mxid, sender, distribution_id, record) VALUES ($1, $2, $3, $4)"

@@ -164,9 +164,7 @@ class UserConnection:
             await self._m.logins.set_signed_pre_key_id(self.login.mxid, new_id)
             self.login = (await self._m.logins.get(self.login.mxid)) or self.login
             # Keep superseded keys a while: PreKey messages made from them may still arrive.
-            await store.remove_signed_pre_keys_older_than(
-                new_id, now - self._m.policy.old_signed_pre_key_grace_ms
-            )
+            await store.remove_signed_pre_keys_older_than(new_id, now - self._m.policy.old_signed_pre_key_grace_ms)
 
     async def _replenish(self) -> None:
         assert self.client is not None

@@ -54,8 +54,7 @@ EXPLANATIONS: dict[GipErrorCode, tuple[ConnectionState, str]] = {
     ),
     GipErrorCode.UNENLISTED: (
         ConnectionState.LOGGED_OUT,
-        "The gatekeeper removed your account after 30 days without a connection. "
-        "Send `login` to enlist again.",
+        "The gatekeeper removed your account after 30 days without a connection. Send `login` to enlist again.",
     ),
     GipErrorCode.CONFLICT: (
         ConnectionState.REPLACED,
@@ -68,7 +67,6 @@ EXPLANATIONS: dict[GipErrorCode, tuple[ConnectionState, str]] = {
     ),
     GipErrorCode.VERSION: (
         ConnectionState.UNSUPPORTED,
-        "The gatekeeper no longer accepts this bridge's protocol version. "
-        "Ask your bridge admin to update it.",
+        "The gatekeeper no longer accepts this bridge's protocol version. Ask your bridge admin to update it.",
     ),
 }

@@ -474,9 +474,7 @@ class GipClient:
         await self._ensure_session(device)
         cipher = self._cipher(device)
         message = await cipher.encrypt(plaintext)
-        return st.Enc(
-            st.EncType.PKMSG if message.type == MessageType.PREKEY else st.EncType.MSG, message.serialized
-        )
+        return st.Enc(st.EncType.PKMSG if message.type == MessageType.PREKEY else st.EncType.MSG, message.serialized)
 
     async def send_message(
         self, to: Jid, content: Content, message_type: str = "text", message_id: str | None = None
@@ -506,9 +504,7 @@ class GipClient:
             code = GipErrorCode.from_wire(error)
             if code is not GipErrorCode.CONFLICT:
                 retry = ack.get("retry_after")
-                raise GipError(
-                    code, "message refused", retry_after=int(retry) if retry and retry.isdigit() else None
-                )
+                raise GipError(code, "message refused", retry_after=int(retry) if retry and retry.isdigit() else None)
             refresh = True
         raise GipError(GipErrorCode.CONFLICT, "device list kept changing")
 
@@ -611,9 +607,7 @@ class GipClient:
                 await self._ensure_session(device, fetched)
         enc = await self._encrypt_for(device, sent.plaintext)
         devices = await self.get_devices(sent.to)
-        message = st.OutgoingMessage(
-            receipt.id, sent.to, sent.type, int(self._clock()), devices.hash, ((device, enc),)
-        )
+        message = st.OutgoingMessage(receipt.id, sent.to, sent.type, int(self._clock()), devices.hash, ((device, enc),))
         self._spawn(self._await(("ack", receipt.id), message.node()), f"resend {receipt.id}")
 
     async def _on_notification(self, node: Node) -> None:

@@ -100,9 +100,7 @@ class MediaEncryptor:
         out = self._emit(out)
         mac = self._mac.digest()[:MAC_LENGTH]
         self._blob_hash.update(mac)
-        self.result = EncryptedMedia(
-            self.media_key, self._plain_hash.digest(), self._blob_hash.digest(), self._length
-        )
+        self.result = EncryptedMedia(self.media_key, self._plain_hash.digest(), self._blob_hash.digest(), self._length)
         return out + mac
 
     def _emit(self, ciphertext: bytes) -> bytes:

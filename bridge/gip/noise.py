@@ -58,9 +58,7 @@ class StaticKey:
 
     def dh(self, public: bytes) -> bytes:
         try:
-            return X25519PrivateKey.from_private_bytes(self.private).exchange(
-                X25519PublicKey.from_public_bytes(public)
-            )
+            return X25519PrivateKey.from_private_bytes(self.private).exchange(X25519PublicKey.from_public_bytes(public))
         except ValueError as exc:
             raise GipError(GipErrorCode.HANDSHAKE, "invalid Noise public key") from exc
 
@@ -107,9 +105,7 @@ class CipherState:
 
 class _SymmetricState:
     def __init__(self) -> None:
-        self.h = (
-            PROTOCOL_NAME.ljust(32, b"\x00") if len(PROTOCOL_NAME) <= 32 else sha256(PROTOCOL_NAME).digest()
-        )
+        self.h = PROTOCOL_NAME.ljust(32, b"\x00") if len(PROTOCOL_NAME) <= 32 else sha256(PROTOCOL_NAME).digest()
         self.ck = self.h
         self.cipher = CipherState(None, HANDSHAKE_MAX)
 

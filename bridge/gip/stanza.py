@@ -167,9 +167,7 @@ def decode(data: bytes) -> Node:
     try:
         parser.Parse(data, True)
     except expat.ExpatError as exc:
-        raise GipError(
-            GipErrorCode.BAD_REQUEST, f"malformed XML: {expat.errors.messages[exc.code]}"
-        ) from None
+        raise GipError(GipErrorCode.BAD_REQUEST, f"malformed XML: {expat.errors.messages[exc.code]}") from None
     except RecursionError:
         raise GipError(GipErrorCode.BAD_REQUEST, "stanza nests too deeply") from None
     if builder.root is None:

@@ -232,9 +232,7 @@ def bundle_error_node(jid: Jid, code: GipErrorCode) -> Node:
 def bundle_list(items: Iterable[Bundle | BundleError]) -> Node:
     return Node(
         "list",
-        children=[
-            bundle_node(i) if isinstance(i, Bundle) else bundle_error_node(i.jid, i.code) for i in items
-        ],
+        children=[bundle_node(i) if isinstance(i, Bundle) else bundle_error_node(i.jid, i.code) for i in items],
     )
 
 
@@ -480,9 +478,7 @@ class Receipt:
             children.append(Node("list", children=[Node("item", {"id": i}) for i in self.message_ids]))
         elif self.type is ReceiptType.RETRY:
             attrs["type"] = "retry"
-            children.append(
-                Node("retry", {"count": str(self.retry_count), "id": self.id, "t": str(self.retry_t)})
-            )
+            children.append(Node("retry", {"count": str(self.retry_count), "id": self.id, "t": str(self.retry_t)}))
             if self.registration_id is not None:
                 children.append(Node("registration", text=_int_bytes(self.registration_id, 4)))
             if self.keys is not None:

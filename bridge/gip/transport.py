@@ -116,9 +116,7 @@ async def client_handshake(
     return NoiseChannel(ws, handshake.result)
 
 
-async def server_handshake(
-    ws: web.WebSocketResponse, static: StaticKey
-) -> tuple[NoiseChannel, dict[str, Any]]:
+async def server_handshake(ws: web.WebSocketResponse, static: StaticKey) -> tuple[NoiseChannel, dict[str, Any]]:
     handshake = XXHandshake(initiator=False, static=static)
     handshake.read(await _receive_frame(ws, HANDSHAKE_TIMEOUT))
     await ws.send_bytes(handshake.write())

@@ -76,9 +76,7 @@ def matrix_message(content: dict[str, Any], *, reply_to: str | None, edit_of: st
     if msgtype in ("m.image", "m.video", "m.audio", "m.file"):
         raise Unsupported("m.event_not_handled", "Sending files to the gatekeeper is not supported yet.")
     if msgtype not in ("m.text", "m.notice", "m.emote"):
-        raise Unsupported(
-            "m.event_not_handled", f"The gatekeeper cannot carry {msgtype or 'this kind of'} messages."
-        )
+        raise Unsupported("m.event_not_handled", f"The gatekeeper cannot carry {msgtype or 'this kind of'} messages.")
     text = _text_of(content)
     if msgtype == "m.emote":
         text = f"/me {text}"
@@ -91,15 +89,11 @@ def matrix_message(content: dict[str, Any], *, reply_to: str | None, edit_of: st
 def matrix_reaction(key: str, target: str, *, from_me: bool) -> Outgoing:
     if not key or len(key) > 64:
         raise Unsupported("m.event_not_handled", "The gatekeeper carries emoji reactions only.")
-    return Outgoing(
-        Content(reaction=Reaction(key=MessageKey(id=target, from_me=from_me), text=key)), "reaction"
-    )
+    return Outgoing(Content(reaction=Reaction(key=MessageKey(id=target, from_me=from_me), text=key)), "reaction")
 
 
 def matrix_reaction_removal(target: str, *, from_me: bool) -> Outgoing:
-    return Outgoing(
-        Content(reaction=Reaction(key=MessageKey(id=target, from_me=from_me), text="")), "reaction"
-    )
+    return Outgoing(Content(reaction=Reaction(key=MessageKey(id=target, from_me=from_me), text="")), "reaction")
 
 
 def matrix_redaction(target: str) -> Outgoing:
@@ -136,9 +130,7 @@ def gip_content(content: Content) -> Incoming:
     if body == "reaction":
         key = content.reaction.key
         # The peer's from_me is about the peer: their reaction to "from_me=False" targets our message.
-        return Incoming(
-            "reaction", target=key.id, target_from_me=not key.from_me, emoji=content.reaction.text
-        )
+        return Incoming("reaction", target=key.id, target_from_me=not key.from_me, emoji=content.reaction.text)
     if body == "revoke":
         return Incoming("revoke", target=content.revoke.key.id)
     if body == "edit":

@@ -112,11 +112,7 @@ class ChatConnection:
     async def _chatstate(self, node: Node) -> None:
         peer, state = st.parse_chatstate(node, direction="to")
         native = self.gk.store.user(str(peer.bare))
-        if (
-            native is not None
-            and native.kind == "partner"
-            and not self.gk.store.is_blocked(native.iid, self.iid)
-        ):
+        if native is not None and native.kind == "partner" and not self.gk.store.is_blocked(native.iid, self.iid):
             other = self.gk.connection(native.iid)
             if other is not None and other.ready:  # typing is transient: never stored
                 await other.send_raw(encode(st.chatstate(Jid.parse(self.iid), state, direction="from")))

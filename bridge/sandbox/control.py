@@ -76,9 +76,7 @@ async def _content(gk: Gatekeeper, native_iid: str, data: dict[str, Any]) -> tup
         context = ContextInfo(stanza_id=str(reply["id"]), participant=str(reply.get("participant", "")))
         if "quoted" in reply:
             context.quoted.CopyFrom(Content(text=str(reply["quoted"])))
-        return Content(
-            extended_text=ExtendedText(text=str(data.get("text", "")), context_info=context)
-        ), "text"
+        return Content(extended_text=ExtendedText(text=str(data.get("text", "")), context_info=context)), "text"
     if "reaction" in data:
         reaction = data["reaction"]
         return Content(
@@ -93,9 +91,7 @@ async def _content(gk: Gatekeeper, native_iid: str, data: dict[str, Any]) -> tup
     if "edit" in data:
         edit = data["edit"]
         return Content(
-            edit=Edit(
-                key=_key(edit, from_me=True), text=str(edit.get("text", "")), timestamp_ms=gk.clock.now_ms()
-            )
+            edit=Edit(key=_key(edit, from_me=True), text=str(edit.get("text", "")), timestamp_ms=gk.clock.now_ms())
         ), "text"
     if "media" in data:
         media = data["media"]
@@ -129,9 +125,7 @@ async def _content(gk: Gatekeeper, native_iid: str, data: dict[str, Any]) -> tup
         content = Content()
         getattr(content, kind).CopyFrom(body)
         return content, "media"
-    raise GipError(
-        GipErrorCode.BAD_REQUEST, "say what to send: text, reply_to, reaction, revoke, edit or media"
-    )
+    raise GipError(GipErrorCode.BAD_REQUEST, "say what to send: text, reply_to, reaction, revoke, edit or media")
 
 
 def routes(gk: Gatekeeper) -> list[web.RouteDef]:

@@ -118,8 +118,7 @@ class Gatekeeper:
         self.signing_key = self._load_signing_key()
         self.noise_static = self._load_noise_static()
         self._jwks = {
-            i.id: JwksFetcher(self._fetcher(i.jwks_url), clock=lambda: self.clock.now())
-            for i in config.integrators
+            i.id: JwksFetcher(self._fetcher(i.jwks_url), clock=lambda: self.clock.now()) for i in config.integrators
         }
 
     # ------------------------------------------------------------------ set-up
@@ -297,18 +296,14 @@ class Gatekeeper:
         user = self.store.user(login) if isinstance(login, str) else None
         if user is None or user.kind != "partner":
             raise GipError(GipErrorCode.NOT_ENLISTED, "not enlisted")
-        refusal = self.faults.refuse_next_connect.pop(user.iid, None) or self.faults.refuse_next_connect.pop(
-            "*", None
-        )
+        refusal = self.faults.refuse_next_connect.pop(user.iid, None) or self.faults.refuse_next_connect.pop("*", None)
         if refusal is not None:
             raise GipError(refusal, "refused by the sandbox control API", retry_after=5)
         if user.authkey is None or not secrets.compare_digest(user.authkey, remote_static):
             raise GipError(GipErrorCode.UNAUTHORIZED, "static key does not match the enlisted one")
         token = payload.get("token")
         try:
-            claims = await self._verify_partner_token(
-                token if isinstance(token, str) else "", user.integrator
-            )
+            claims = await self._verify_partner_token(token if isinstance(token, str) else "", user.integrator)
         except GipError:
             raise GipError(GipErrorCode.UNAUTHORIZED, "bad token") from None
         if claims["sub"] != user.uvid:
@@ -354,9 +349,7 @@ class Gatekeeper:
         last = 0
         while pending:
             for item in pending:
-                await connection.send_raw(
-                    _mark_offline(item.stanza) if item.kind == "message" else item.stanza
-                )
+                await connection.send_raw(_mark_offline(item.stanza) if item.kind == "message" else item.stanza)
             last = pending[-1].seq
             pending = self.store.pending(connection.iid, last)
         connection.ready = True
@@ -525,9 +518,7 @@ class Gatekeeper:
         if message.phash != st.device_list_hash(device_ids):
             return nack(GipErrorCode.CONFLICT)
         targets = {jid.device for jid, _ in message.participants}
-        if any(j.bare != native_jid(native) for j, _ in message.participants) or not targets <= set(
-            device_ids
-        ):
+        if any(j.bare != native_jid(native) for j, _ in message.participants) or not targets <= set(device_ids):
             return nack(GipErrorCode.CONFLICT)
         limits = self.config.policies.rate_limits
         window = self._rt.message_windows.setdefault(sender.iid, RateWindow(limits.messages_per_minute, 60))
@@ -535,9 +526,7 @@ class Gatekeeper:
         if retry is not None:
             return nack(GipErrorCode.RATE_LIMITED, retry)
         first_contact = native.iid not in self.store.contacts_of(sender.iid)
-        if first_contact and (
-            self.store.first_contacts_since(sender.iid, now - DAY) >= limits.first_contacts_per_day
-        ):
+        if first_contact and (self.store.first_contacts_since(sender.iid, now - DAY) >= limits.first_contacts_per_day):
             return nack(GipErrorCode.RATE_LIMITED, int(DAY))
         # Each device gets each id once: a resend (after a 409 or a lost ack) is acknowledged
         # but not delivered again, except to a device whose retry receipt reopened it.
@@ -557,22 +546,14 @@ class Gatekeeper:
                 delivered_by = jid
         if delivered_by is not None:
             receipt_from = delivered_by
-            followups.append(
-                lambda: self._send_receipt(sender.iid, receipt_from, message.id, st.ReceiptType.DELIVERED)
-            )
+            followups.append(lambda: self._send_receipt(sender.iid, receipt_from, message.id, st.ReceiptType.DELIVERED))
             if native.read_receipts:
-                followups.append(
-                    lambda: self._send_receipt(sender.iid, receipt_from, message.id, st.ReceiptType.READ)
-                )
+                followups.append(lambda: self._send_receipt(sender.iid, receipt_from, message.id, st.ReceiptType.READ))
         return st.ack(message.id, "message", t=int(now)), followups
 
-    async def _route_to_partner(
-        self, sender: User, recipient: User, message: st.OutgoingMessage, now: float
-    ) -> Node:
+    async def _route_to_partner(self, sender: User, recipient: User, message: st.OutgoingMessage, now: float) -> Node:
         """Partner → Partner (two interop users): the gatekeeper only routes ciphertext."""
-        if self.store.is_blocked(recipient.iid, sender.iid) or self.store.is_blocked(
-            sender.iid, recipient.iid
-        ):
+        if self.store.is_blocked(recipient.iid, sender.iid) or self.store.is_blocked(sender.iid, recipient.iid):
             return st.ack(message.id, "message", error=GipErrorCode.FORBIDDEN)
         if message.phash != st.device_list_hash(self.device_list(recipient.iid)):
             return st.ack(message.id, "message", error=GipErrorCode.CONFLICT)
@@ -593,12 +574,8 @@ class Gatekeeper:
             await self.deliver(recipient.iid, "message", message.id, sender.iid, node)
         return st.ack(message.id, "message", t=int(now))
 
-    async def _send_receipt(
-        self, partner: str, native_device: Jid, message_id: str, kind: st.ReceiptType
-    ) -> None:
-        receipt = st.Receipt(
-            message_id, native_device, kind, (message_id,) if kind is st.ReceiptType.READ else ()
-        )
+    async def _send_receipt(self, partner: str, native_device: Jid, message_id: str, kind: st.ReceiptType) -> None:
+        receipt = st.Receipt(message_id, native_device, kind, (message_id,) if kind is st.ReceiptType.READ else ())
         await self.deliver(
             partner,
             f"receipt:{kind.value}",
@@ -622,10 +599,7 @@ class Gatekeeper:
             content = decode_content(plaintext)
         except (SignalError, GipError) as exc:
             retry_key = f"{sender}/{message.id}"
-            count = (
-                int.from_bytes(self.store.signal_get(str(device_jid), "retry", retry_key) or b"\x00", "big")
-                + 1
-            )
+            count = int.from_bytes(self.store.signal_get(str(device_jid), "retry", retry_key) or b"\x00", "big") + 1
             self.store.signal_put(str(device_jid), "retry", retry_key, bytes((min(count, 255),)))
             self._log_native(
                 native.iid,
@@ -656,14 +630,10 @@ class Gatekeeper:
         )
         media = _media_of(content)
         if media is not None and device_jid.device == 0:
-            self.spawn(
-                self._native_fetch_media(native, device_jid, message.id, *media), f"media {message.id}"
-            )
+            self.spawn(self._native_fetch_media(native, device_jid, message.id, *media), f"media {message.id}")
         return True
 
-    async def _send_retry(
-        self, native: User, device: NativeDevice, partner: Jid, message_id: str, count: int
-    ) -> None:
+    async def _send_retry(self, native: User, device: NativeDevice, partner: Jid, message_id: str, count: int) -> None:
         keys = await device.fresh_bundle() if count >= 2 else None
         registration = await device.signal.get_local_registration_id()
         self.store.unmark_seen(str(partner.bare), f"{message_id}/{device.jid}")
@@ -676,20 +646,14 @@ class Gatekeeper:
             registration_id=registration,
             keys=keys,
         )
-        await self.deliver(
-            str(partner.bare), "receipt:retry", message_id, native.iid, receipt.node(direction="from")
-        )
+        await self.deliver(str(partner.bare), "receipt:retry", message_id, native.iid, receipt.node(direction="from"))
 
-    async def _native_fetch_media(
-        self, native: User, device: Jid, message_id: str, kind: str, media: Any
-    ) -> None:
+    async def _native_fetch_media(self, native: User, device: Jid, message_id: str, kind: str, media: Any) -> None:
         """A native downloads Partner media through the gatekeeper's proxy path."""
         result: dict[str, Any] = {"event": "media", "id": message_id}
         try:
             data = await self.proxy_partner_media(media.direct_path)
-            decryptor = MediaDecryptor(
-                MEDIA_KIND[kind], media.media_key, media.file_enc_sha256, media.file_sha256
-            )
+            decryptor = MediaDecryptor(MEDIA_KIND[kind], media.media_key, media.file_enc_sha256, media.file_sha256)
             plaintext = decryptor.update(data) + decryptor.finalize()
             result.update(ok=True, size=len(plaintext), sha256=hashlib.sha256(plaintext).hexdigest())
         except (GipError, aiohttp.ClientError) as exc:
@@ -850,9 +814,7 @@ class Gatekeeper:
         if native is None:
             raise GipError(GipErrorCode.NOT_FOUND, "unknown native user")
         receipt = st.Receipt(message_ids[0], native_jid(native), st.ReceiptType.READ, tuple(message_ids))
-        await self.deliver(
-            partner_iid, "receipt:read", message_ids[0], native.iid, receipt.node(direction="from")
-        )
+        await self.deliver(partner_iid, "receipt:read", message_ids[0], native.iid, receipt.node(direction="from"))
 
     async def create_native(
         self, uvid: str, *, opted_in: bool = True, devices: int = 1, read_receipts: bool = True
@@ -876,9 +838,7 @@ class Gatekeeper:
         if len(used) >= MAX_NATIVE_DEVICES:
             raise GipError(GipErrorCode.CONFLICT, "a native user has at most 5 devices")
         device_id = next(i for i in range(1, 100) if i not in used)
-        await NativeDevice(
-            self.store, Jid.parse(native_iid).with_device(device_id), self.clock.now_ms
-        ).install()
+        await NativeDevice(self.store, Jid.parse(native_iid).with_device(device_id), self.clock.now_ms).install()
         await self._notify_contacts(native_iid, "devices", st.Node("add", {"id": str(device_id)}))
         return device_id
 
@@ -889,9 +849,7 @@ class Gatekeeper:
         await self._notify_contacts(native_iid, "devices", st.Node("remove", {"id": str(device_id)}))
 
     async def reinstall_native(self, native_iid: str, device_id: int = 0) -> None:
-        await NativeDevice(
-            self.store, Jid.parse(native_iid).with_device(device_id), self.clock.now_ms
-        ).install()
+        await NativeDevice(self.store, Jid.parse(native_iid).with_device(device_id), self.clock.now_ms).install()
         await self._notify_contacts(native_iid, "identity")
 
     async def _notify_contacts(self, native_iid: str, kind: str, *children: Node) -> None:

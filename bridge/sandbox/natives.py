@@ -59,9 +59,7 @@ class NativeSignalStore:
             return IdentityChange.REPLACED_EXISTING
         return IdentityChange.NEW_OR_UNCHANGED
 
-    async def is_trusted_identity(
-        self, address: ProtocolAddress, key: PublicKey, direction: Direction
-    ) -> bool:
+    async def is_trusted_identity(self, address: ProtocolAddress, key: PublicKey, direction: Direction) -> bool:
         return True
 
     async def get_identity(self, address: ProtocolAddress) -> PublicKey | None:
@@ -96,9 +94,7 @@ class NativeSignalStore:
         data = self._get("senderkey", f"{sender}/{distribution_id}")
         return SenderKeyRecord.deserialize(data) if data else None
 
-    async def store_sender_key(
-        self, sender: ProtocolAddress, distribution_id: str, record: SenderKeyRecord
-    ) -> None:
+    async def store_sender_key(self, sender: ProtocolAddress, distribution_id: str, record: SenderKeyRecord) -> None:
         self._db.signal_put(self.jid, "senderkey", f"{sender}/{distribution_id}", record.serialize())
 
 

@@ -345,9 +345,7 @@ class SandboxStore:
     def take_prekey(self, jid: str) -> tuple[int, bytes] | None:
         """Hand out one one-time prekey and delete it, as the profile requires."""
         with self.transaction() as db:
-            row = db.execute(
-                "SELECT key_id, pub FROM prekeys WHERE jid = ? ORDER BY key_id LIMIT 1", (jid,)
-            ).fetchone()
+            row = db.execute("SELECT key_id, pub FROM prekeys WHERE jid = ? ORDER BY key_id LIMIT 1", (jid,)).fetchone()
             if row is None:
                 return None
             db.execute("DELETE FROM prekeys WHERE jid = ? AND key_id = ?", (jid, row["key_id"]))
@@ -355,12 +353,9 @@ class SandboxStore:
 
     # ------------------------------------------------------------------ mailbox
 
-    def enqueue(
-        self, recipient: str, kind: str, stanza_id: str, sender: str, stanza: bytes, now: float
-    ) -> int:
+    def enqueue(self, recipient: str, kind: str, stanza_id: str, sender: str, stanza: bytes, now: float) -> int:
         cursor = self.db.execute(
-            "INSERT INTO mailbox (recipient, kind, stanza_id, sender, stanza, created_at)"
-            " VALUES (?, ?, ?, ?, ?, ?)",
+            "INSERT INTO mailbox (recipient, kind, stanza_id, sender, stanza, created_at) VALUES (?, ?, ?, ?, ?, ?)",
             (recipient, kind, stanza_id, sender, stanza, now),
         )
         return int(cursor.lastrowid or 0)
@@ -383,9 +378,7 @@ class SandboxStore:
             for r in rows
         ]
 
-    def remove_from_mailbox(
-        self, recipient: str, kind: str, stanza_id: str, sender: str | None = None
-    ) -> int:
+    def remove_from_mailbox(self, recipient: str, kind: str, stanza_id: str, sender: str | None = None) -> int:
         if sender is None:
             cursor = self.db.execute(
                 "DELETE FROM mailbox WHERE recipient = ? AND kind = ? AND stanza_id = ?",
@@ -415,9 +408,7 @@ class SandboxStore:
         self.db.execute("DELETE FROM seen WHERE sender = ? AND stanza_id = ?", (sender, stanza_id))
 
     def is_blocked(self, owner: str, other: str) -> bool:
-        row = self.db.execute(
-            "SELECT 1 FROM blocks WHERE owner = ? AND blocked = ?", (owner, other)
-        ).fetchone()
+        row = self.db.execute("SELECT 1 FROM blocks WHERE owner = ? AND blocked = ?", (owner, other)).fetchone()
         return row is not None
 
     def set_block(self, owner: str, other: str, blocked: bool) -> None:
@@ -427,9 +418,7 @@ class SandboxStore:
             self.db.execute("DELETE FROM blocks WHERE owner = ? AND blocked = ?", (owner, other))
 
     def blocklist(self, owner: str) -> list[str]:
-        rows = self.db.execute(
-            "SELECT blocked FROM blocks WHERE owner = ? ORDER BY blocked", (owner,)
-        ).fetchall()
+        rows = self.db.execute("SELECT blocked FROM blocks WHERE owner = ? ORDER BY blocked", (owner,)).fetchall()
         return [r["blocked"] for r in rows]
 
     def add_contact(self, a: str, b: str, now: float) -> bool:
@@ -442,9 +431,7 @@ class SandboxStore:
         return [r["b"] for r in self.db.execute("SELECT b FROM contacts WHERE a = ?", (iid,)).fetchall()]
 
     def first_contacts_since(self, iid: str, since: float) -> int:
-        return self.db.execute(
-            "SELECT count(*) FROM contacts WHERE a = ? AND t >= ?", (iid, since)
-        ).fetchone()[0]
+        return self.db.execute("SELECT count(*) FROM contacts WHERE a = ? AND t >= ?", (iid, since)).fetchone()[0]
 
     # ------------------------------------------------------------------ media
 
@@ -476,14 +463,12 @@ class SandboxStore:
         if key is None:
             self.db.execute("DELETE FROM native_signal WHERE jid = ? AND kind = ?", (jid, kind))
         else:
-            self.db.execute(
-                "DELETE FROM native_signal WHERE jid = ? AND kind = ? AND key = ?", (jid, kind, key)
-            )
+            self.db.execute("DELETE FROM native_signal WHERE jid = ? AND kind = ? AND key = ?", (jid, kind, key))
 
     def signal_count(self, jid: str, kind: str) -> int:
-        return self.db.execute(
-            "SELECT count(*) FROM native_signal WHERE jid = ? AND kind = ?", (jid, kind)
-        ).fetchone()[0]
+        return self.db.execute("SELECT count(*) FROM native_signal WHERE jid = ? AND kind = ?", (jid, kind)).fetchone()[
+            0
+        ]
 
     def log_native(self, iid: str, device: str, event: dict[str, Any], now: float) -> None:
         self.db.execute(

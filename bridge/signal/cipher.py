@@ -66,9 +66,7 @@ class SessionCipher:
         record = await self._store.load_session(self._address)
         if record is None or record.current is None:
             raise NoSessionError(f"no session with {self._address}")
-        if not await self._store.is_trusted_identity(
-            self._address, record.current.remote_identity, Direction.SENDING
-        ):
+        if not await self._store.is_trusted_identity(self._address, record.current.remote_identity, Direction.SENDING):
             raise UntrustedIdentityError(f"untrusted identity for {self._address}")
         record, message = session.encrypt(record, plaintext, now_ms=self._clock())
         await self._store.store_session(self._address, record)
@@ -100,14 +98,10 @@ class SessionCipher:
         return DecryptResult(plaintext, change)
 
     async def _decrypt_prekey(self, message: PreKeySignalMessage) -> DecryptResult:
-        if not await self._store.is_trusted_identity(
-            self._address, message.identity_key, Direction.RECEIVING
-        ):
+        if not await self._store.is_trusted_identity(self._address, message.identity_key, Direction.RECEIVING):
             raise UntrustedIdentityError(f"untrusted identity for {self._address}")
         record = await self._store.load_session(self._address) or SessionRecord()
-        one_time = (
-            await self._store.load_pre_key(message.pre_key_id) if message.pre_key_id is not None else None
-        )
+        one_time = await self._store.load_pre_key(message.pre_key_id) if message.pre_key_id is not None else None
         record, plaintext, consumed = session.decrypt_prekey_message(
             record,
             message,

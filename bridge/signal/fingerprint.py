@@ -35,9 +35,7 @@ def _half(iterations: int, stable_id: bytes, key: PublicKey) -> bytes:
 
 
 def _display_half(digest: bytes) -> str:
-    return "".join(
-        f"{int.from_bytes(digest[offset : offset + 5], 'big') % 100000:05d}" for offset in range(0, 30, 5)
-    )
+    return "".join(f"{int.from_bytes(digest[offset : offset + 5], 'big') % 100000:05d}" for offset in range(0, 30, 5))
 
 
 @dataclass(frozen=True, slots=True)
@@ -63,11 +61,7 @@ class Fingerprint:
         local = _half(iterations, local_id, local_key)
         remote = _half(iterations, remote_id, remote_key)
         local_display, remote_display = _display_half(local), _display_half(remote)
-        display = (
-            local_display + remote_display
-            if local_display <= remote_display
-            else remote_display + local_display
-        )
+        display = local_display + remote_display if local_display <= remote_display else remote_display + local_display
         return cls(display, local[:32], remote[:32], version)
 
     def display_groups(self) -> str:

@@ -257,9 +257,7 @@ def _encode_sender_key(
     return bytes((VERSION_BYTE,)) + protobuf.encode(fields)
 
 
-def _distribution_id(
-    fields: dict[int, int | bytes], number: int | None, schema: SenderKeySchema
-) -> bytes | None:
+def _distribution_id(fields: dict[int, int | bytes], number: int | None, schema: SenderKeySchema) -> bytes | None:
     if number is None:
         return None
     value = protobuf.get_bytes(fields, number)
@@ -344,9 +342,7 @@ class SenderKeyDistributionMessage:
         schema: SenderKeySchema = SenderKeySchema.LEGACY,
         distribution_id: bytes | None = None,
     ) -> SenderKeyDistributionMessage:
-        body = _encode_sender_key(
-            schema, distribution_id, (key_id, iteration, chain_key, signing_key.serialize())
-        )
+        body = _encode_sender_key(schema, distribution_id, (key_id, iteration, chain_key, signing_key.serialize()))
         has_id = _SENDER_KEY_FIELDS[schema][0] is not None
         return cls(
             CURRENT_VERSION,
@@ -359,9 +355,7 @@ class SenderKeyDistributionMessage:
         )
 
     @classmethod
-    def deserialize(
-        cls, data: bytes, schema: SenderKeySchema = SenderKeySchema.LEGACY
-    ) -> SenderKeyDistributionMessage:
+    def deserialize(cls, data: bytes, schema: SenderKeySchema = SenderKeySchema.LEGACY) -> SenderKeyDistributionMessage:
         data = bytes(data)
         version = _check_version(data)
         uuid_field, id_field, iteration_field, chain_field, signing_field = _SENDER_KEY_FIELDS[schema]

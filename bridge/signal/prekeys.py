@@ -90,9 +90,7 @@ class SignedPreKeyRecord:
         return cls(key_id, key_pair, identity.sign(key_pair.public.serialize()), timestamp_ms)
 
     def serialize(self) -> bytes:
-        return protobuf.encode(
-            ((1, self.id), (2, self.key_pair.private), (3, self.signature), (4, self.timestamp_ms))
-        )
+        return protobuf.encode(((1, self.id), (2, self.key_pair.private), (3, self.signature), (4, self.timestamp_ms)))
 
     @classmethod
     def deserialize(cls, data: bytes) -> SignedPreKeyRecord:

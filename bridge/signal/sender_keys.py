@@ -175,9 +175,7 @@ def create_distribution_message(
     return record, message
 
 
-def process_distribution_message(
-    record: SenderKeyRecord, message: SenderKeyDistributionMessage
-) -> SenderKeyRecord:
+def process_distribution_message(record: SenderKeyRecord, message: SenderKeyDistributionMessage) -> SenderKeyRecord:
     """Store a member's sender key; a repeat of a key we hold changes nothing."""
     found = record.state_for(message.key_id)
     if found is not None and found[1].signing_public == message.signing_key:

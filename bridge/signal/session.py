@@ -74,9 +74,7 @@ def process_bundle(
     return record.promote_state(state)
 
 
-def encrypt(
-    record: SessionRecord, plaintext: bytes, *, now_ms: int
-) -> tuple[SessionRecord, CiphertextMessage]:
+def encrypt(record: SessionRecord, plaintext: bytes, *, now_ms: int) -> tuple[SessionRecord, CiphertextMessage]:
     """Encrypt under the current session's sending chain.
 
     Raises:
@@ -168,9 +166,7 @@ def process_prekey_message(
         return matched, None
     if signed_pre_key is None or signed_pre_key.id != message.signed_pre_key_id:
         raise InvalidPreKeyIdError("unknown signed prekey")
-    if message.pre_key_id is not None and (
-        one_time_pre_key is None or one_time_pre_key.id != message.pre_key_id
-    ):
+    if message.pre_key_id is not None and (one_time_pre_key is None or one_time_pre_key.id != message.pre_key_id):
         raise InvalidPreKeyIdError("unknown or already used one-time prekey")
     state = initialize_bob_session(
         our_identity=our_identity,

@@ -111,11 +111,7 @@ class SessionRecord:
     def promote_matching(self, version: int, alice_base_key: bytes) -> SessionRecord | None:
         """The record with the state set up by this base key made current, if there is one."""
         current = self.current
-        if (
-            current is not None
-            and current.session_version == version
-            and current.alice_base_key == alice_base_key
-        ):
+        if current is not None and current.session_version == version and current.alice_base_key == alice_base_key:
             return self
         for index, state in enumerate(self.previous):
             if state.session_version == version and state.alice_base_key == alice_base_key:

@@ -50,9 +50,7 @@ class IdentityKeyStore(Protocol):
         """Remember ``key`` for ``address``; report whether it replaced another key."""
         ...
 
-    async def is_trusted_identity(
-        self, address: ProtocolAddress, key: PublicKey, direction: Direction
-    ) -> bool: ...
+    async def is_trusted_identity(self, address: ProtocolAddress, key: PublicKey, direction: Direction) -> bool: ...
 
     async def get_identity(self, address: ProtocolAddress) -> PublicKey | None: ...
 
@@ -82,9 +80,7 @@ class SessionStore(Protocol):
 
 @runtime_checkable
 class SenderKeyStore(Protocol):
-    async def load_sender_key(
-        self, sender: ProtocolAddress, distribution_id: str
-    ) -> SenderKeyRecord | None: ...
+    async def load_sender_key(self, sender: ProtocolAddress, distribution_id: str) -> SenderKeyRecord | None: ...
 
     async def store_sender_key(
         self, sender: ProtocolAddress, distribution_id: str, record: SenderKeyRecord
@@ -99,9 +95,7 @@ class MemoryIdentityKeyStore:
     """Trust on first use; by default a changed key is accepted and reported as a change,
     as WhatsApp clients do, or refused until saved when ``accept_changes`` is false."""
 
-    def __init__(
-        self, identity: IdentityKeyPair, registration_id: int, *, accept_changes: bool = True
-    ) -> None:
+    def __init__(self, identity: IdentityKeyPair, registration_id: int, *, accept_changes: bool = True) -> None:
         self._identity = identity
         self._registration_id = registration_id
         self._accept_changes = accept_changes
@@ -120,9 +114,7 @@ class MemoryIdentityKeyStore:
             return IdentityChange.REPLACED_EXISTING
         return IdentityChange.NEW_OR_UNCHANGED
 
-    async def is_trusted_identity(
-        self, address: ProtocolAddress, key: PublicKey, direction: Direction
-    ) -> bool:
+    async def is_trusted_identity(self, address: ProtocolAddress, key: PublicKey, direction: Direction) -> bool:
         known = self._known.get(address)
         return known is None or known == key or self._accept_changes
 
@@ -182,9 +174,7 @@ class MemorySenderKeyStore:
         data = self._records.get((sender, distribution_id))
         return SenderKeyRecord.deserialize(data) if data is not None else None
 
-    async def store_sender_key(
-        self, sender: ProtocolAddress, distribution_id: str, record: SenderKeyRecord
-    ) -> None:
+    async def store_sender_key(self, sender: ProtocolAddress, distribution_id: str, record: SenderKeyRecord) -> None:
         self._records[(sender, distribution_id)] = record.serialize()
 
 
@@ -197,9 +187,7 @@ class MemorySignalStore(
 ):
     """All stores of one local device in memory."""
 
-    def __init__(
-        self, identity: IdentityKeyPair, registration_id: int, *, accept_changes: bool = True
-    ) -> None:
+    def __init__(self, identity: IdentityKeyPair, registration_id: int, *, accept_changes: bool = True) -> None:
         MemoryIdentityKeyStore.__init__(self, identity, registration_id, accept_changes=accept_changes)
         MemoryPreKeyStore.__init__(self)
         MemorySignedPreKeyStore.__init__(self)

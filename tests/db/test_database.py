@@ -62,9 +62,7 @@ async def test_placeholders_bytes_and_transactions(db: Database) -> None:
 
     with pytest.raises(RuntimeError, match="roll back"):
         await failing_update()
-    assert (
-        await db.fetchval("SELECT displayname FROM puppets WHERE iid = $1", "1@native") == "+49 1511 2345678"
-    )
+    assert await db.fetchval("SELECT displayname FROM puppets WHERE iid = $1", "1@native") == "+49 1511 2345678"
     async with db.transaction(), db.transaction():  # nested: joins the outer one
         await db.execute("UPDATE puppets SET displayname = $1 WHERE iid = $2", "kept", "1@native")
     assert await db.fetchval("SELECT displayname FROM puppets WHERE iid = $1", "1@native") == "kept"

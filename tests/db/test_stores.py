@@ -153,9 +153,7 @@ async def test_peer_prekey_message_consumes_our_one_time_prekey(db: Database) ->
     # The peer reinstalls: the identity change is reported.
     peer.reinstall()
     await peer.cipher(MXID).process_bundle(
-        PreKeyBundle(
-            77, 1, None, None, signed.id, signed.key_pair.public, signed.signature, row.identity.public
-        )
+        PreKeyBundle(77, 1, None, None, signed.id, signed.key_pair.public, signed.signature, row.identity.public)
     )
     message_type, body = await peer.encrypt(MXID, b"new phone")
     result = await SessionCipher(store, ProtocolAddress("peer", 1)).decrypt(MessageType(message_type), body)
@@ -204,9 +202,7 @@ async def test_no_key_material_or_plaintext_in_any_row(db: Database) -> None:
         event_id="$e1",
         payload=secret_text,
     )
-    await Inbox(db, sealer()).accept(
-        receiver=MXID, sender="1@native", gk_id="N1", kind="text", payload=secret_text
-    )
+    await Inbox(db, sealer()).accept(receiver=MXID, sender="1@native", gk_id="N1", kind="text", payload=secret_text)
     dump = await _all_bytes(db)
     assert secret_text not in dump
     assert row.identity.key_pair.private not in dump
@@ -290,13 +286,9 @@ async def test_inbox_accepts_each_message_once(db: Database) -> None:
     await LoginStore(db, sealer()).insert(login())
     inbox = Inbox(db, sealer())
     item, new = await inbox.accept(receiver=MXID, sender="1:2@native", gk_id="N1", kind="text", payload=b"hi")
-    again, new_again = await inbox.accept(
-        receiver=MXID, sender="1:2@native", gk_id="N1", kind="text", payload=b"hi"
-    )
+    again, new_again = await inbox.accept(receiver=MXID, sender="1:2@native", gk_id="N1", kind="text", payload=b"hi")
     assert new and not new_again and again.id == item.id and again.payload == b"hi"
     await inbox.mark_posted(item.id, "$posted")
     assert await inbox.pending() == []
-    repeat, repeat_new = await inbox.accept(
-        receiver=MXID, sender="1:2@native", gk_id="N1", kind="text", payload=b"hi"
-    )
+    repeat, repeat_new = await inbox.accept(receiver=MXID, sender="1:2@native", gk_id="N1", kind="text", payload=b"hi")
     assert not repeat_new and repeat.state == "posted" and repeat.event_id == "$posted"

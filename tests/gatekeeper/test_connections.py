@@ -68,12 +68,8 @@ class Bridge:
     media: MediaStore
 
     async def login(self, mxid: str) -> Login:
-        login = await create_login(
-            self.db, self.sealer, mxid=mxid, uvid=mxid, country="DE", eea_attested=True
-        )
-        await enlist(
-            self.db, self.sealer, login, base_url=self.sandbox.base, tokens=self.tokens, http=self.http
-        )
+        login = await create_login(self.db, self.sealer, mxid=mxid, uvid=mxid, country="DE", eea_attested=True)
+        await enlist(self.db, self.sealer, login, base_url=self.sandbox.base, tokens=self.tokens, http=self.http)
         enlisted = await LoginStore(self.db, self.sealer).get(mxid)
         assert enlisted is not None
         return enlisted
@@ -97,9 +93,7 @@ async def bridge(tmp_path) -> AsyncIterator[Bridge]:
     async def on_push(uvid: str) -> None:
         await holder["manager"].on_push(uvid)
 
-    sandbox = await start_sandbox(
-        SimpleNamespace(base=f"http://127.0.0.1:{port}"), media_dir=tmp_path / "media"
-    )
+    sandbox = await start_sandbox(SimpleNamespace(base=f"http://127.0.0.1:{port}"), media_dir=tmp_path / "media")
 
     async def fetch_gatekeeper_jwks() -> bytes:
         async with http.get(f"{sandbox.base}/.well-known/jwks") as response:
@@ -157,9 +151,7 @@ async def test_enlist_connect_upload_keys_and_receive(bridge: Bridge) -> None:
     store = DbSignalStore(bridge.db, bridge.sealer, login.mxid, login.identity, login.registration_id)
     assert await store.count_pre_keys() == 100
     native = await bridge.sandbox.native()
-    sent = await bridge.sandbox.control(
-        "POST", f"/natives/{native['iid']}/send", {"to": login.iid, "text": "hi"}
-    )
+    sent = await bridge.sandbox.control("POST", f"/natives/{native['iid']}/send", {"to": login.iid, "text": "hi"})
     _, event = await bridge.sink.wait_for(lambda i: isinstance(i[1], MessageEvent) and i[1].id == sent["id"])
     assert event.content.text == "hi"
     assert connection is not None and connection.state is ConnectionState.CONNECTED
@@ -211,9 +203,7 @@ async def test_push_wakes_a_disconnected_user_and_the_mailbox_drains(bridge: Bri
     await bridge.sink.wait_for(state_is(login.mxid, ConnectionState.CONNECTED))
     await bridge.manager.disconnect(login.mxid)
     native = await bridge.sandbox.native()
-    sent = await bridge.sandbox.control(
-        "POST", f"/natives/{native['iid']}/send", {"to": login.iid, "text": "wake"}
-    )
+    sent = await bridge.sandbox.control("POST", f"/natives/{native['iid']}/send", {"to": login.iid, "text": "wake"})
     # The sandbox pushes to our /push, which verifies its token and connects the user.
     _, event = await bridge.sink.wait_for(lambda i: isinstance(i[1], MessageEvent) and i[1].id == sent["id"])
     assert event.offline

@@ -27,9 +27,7 @@ def test_bad_padding_refused(bad: bytes) -> None:
 
 def test_content_round_trip_and_garbage() -> None:
     content = Content(
-        extended_text=ExtendedText(
-            text="re", context_info=ContextInfo(stanza_id="X", quoted=Content(text="q"))
-        )
+        extended_text=ExtendedText(text="re", context_info=ContextInfo(stanza_id="X", quoted=Content(text="q")))
     )
     assert decode_content(encode_content(content)) == content
     with pytest.raises(GipError):

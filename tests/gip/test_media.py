@@ -48,9 +48,7 @@ def test_checks_hash_then_mac() -> None:
         decrypt_bytes(MediaType.IMAGE, tampered, info.media_key, hashlib.sha256(tampered).digest())
     assert excinfo.value.code is GipErrorCode.MEDIA_MAC
     with pytest.raises(GipError) as excinfo:
-        decrypt_bytes(
-            MediaType.IMAGE, blob, info.media_key, info.file_enc_sha256, hashlib.sha256(b"x").digest()
-        )
+        decrypt_bytes(MediaType.IMAGE, blob, info.media_key, info.file_enc_sha256, hashlib.sha256(b"x").digest())
     assert excinfo.value.code is GipErrorCode.MEDIA_HASH
     with pytest.raises(GipError):
         decrypt_bytes(MediaType.IMAGE, blob[:5], info.media_key, hashlib.sha256(blob[:5]).digest())

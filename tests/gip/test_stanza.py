@@ -89,9 +89,7 @@ def test_bundle_and_receipt_round_trips() -> None:
         st.PreKey(5, b"p" * 32),
     )
     parsed = st.parse_bundle_list(
-        decode(
-            encode(st.bundle_list([bundle, st.BundleError(Jid.parse("8@native"), GipErrorCode.NOT_FOUND)]))
-        )
+        decode(encode(st.bundle_list([bundle, st.BundleError(Jid.parse("8@native"), GipErrorCode.NOT_FOUND)])))
     )
     assert parsed[0] == bundle
     assert parsed[1] == st.BundleError(Jid.parse("8@native"), GipErrorCode.NOT_FOUND)

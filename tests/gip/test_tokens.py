@@ -81,9 +81,7 @@ def test_unknown_kid_wrong_audience_expired_and_too_long() -> None:
     other = SigningKey.generate("k2")
     with pytest.raises(UnknownKeyIdError):
         _verify(
-            issue_partner_token(
-                other, integrator="bridge", uvid="@a:b", audience="WHATSAPP", country="DE", now=NOW
-            )
+            issue_partner_token(other, integrator="bridge", uvid="@a:b", audience="WHATSAPP", country="DE", now=NOW)
         )
     with pytest.raises(GipError):
         _verify(_token(), audience="MESSENGER")
@@ -128,9 +126,7 @@ async def test_fetcher_caches_and_refetches_on_unknown_kid() -> None:
     assert len(calls) == 1
     rotated = SigningKey.generate("k3")
     keys.append(rotated)
-    token = issue_partner_token(
-        rotated, integrator="bridge", uvid="@a:b", audience="WHATSAPP", country="DE", now=NOW
-    )
+    token = issue_partner_token(rotated, integrator="bridge", uvid="@a:b", audience="WHATSAPP", country="DE", now=NOW)
     with pytest.raises(UnknownKeyIdError):
         await fetcher.verify(token, **args)  # within the refetch rate limit
     now[0] = 31

@@ -54,15 +54,12 @@ def test_markup_to_html(text: str, html: str | None) -> None:
 
 
 def test_text_notice_emote_reply_and_edit() -> None:
-    assert matrix_message(
-        {"msgtype": "m.text", "body": "hi"}, reply_to=None, edit_of=None
-    ).content == Content(text="hi")
-    assert (
-        matrix_message({"msgtype": "m.notice", "body": "n"}, reply_to=None, edit_of=None).content.text == "n"
+    assert matrix_message({"msgtype": "m.text", "body": "hi"}, reply_to=None, edit_of=None).content == Content(
+        text="hi"
     )
+    assert matrix_message({"msgtype": "m.notice", "body": "n"}, reply_to=None, edit_of=None).content.text == "n"
     assert (
-        matrix_message({"msgtype": "m.emote", "body": "waves"}, reply_to=None, edit_of=None).content.text
-        == "/me waves"
+        matrix_message({"msgtype": "m.emote", "body": "waves"}, reply_to=None, edit_of=None).content.text == "/me waves"
     )
     formatted = {
         "msgtype": "m.text",
@@ -77,9 +74,7 @@ def test_text_notice_emote_reply_and_edit() -> None:
         "m.relates_to": {"m.in_reply_to": {"event_id": "$o"}},
     }
     out = matrix_message(reply, reply_to="G1", edit_of=None)
-    assert out.content == Content(
-        extended_text=ExtendedText(text="new", context_info=ContextInfo(stanza_id="G1"))
-    )
+    assert out.content == Content(extended_text=ExtendedText(text="new", context_info=ContextInfo(stanza_id="G1")))
     edit = {
         "msgtype": "m.text",
         "body": "* fixed",
@@ -126,9 +121,7 @@ def test_gip_to_matrix() -> None:
         "format": "org.matrix.custom.html",
         "formatted_body": "<strong>hi</strong>",
     }
-    reply = gip_content(
-        Content(extended_text=ExtendedText(text="ok", context_info=ContextInfo(stanza_id="G9")))
-    )
+    reply = gip_content(Content(extended_text=ExtendedText(text="ok", context_info=ContextInfo(stanza_id="G9"))))
     assert reply.kind == "message" and reply.target == "G9"
     reaction = gip_content(Content(reaction=Reaction(key=MessageKey(id="G9", from_me=False), text="❤")))
     assert (reaction.kind, reaction.target, reaction.target_from_me, reaction.emoji) == (
@@ -142,7 +135,5 @@ def test_gip_to_matrix() -> None:
     assert (edit.kind, edit.target, edit.content["body"]) == ("edit", "G9", "new")
     photo = gip_content(Content(image=Media(caption="look")))
     assert (
-        photo.content["msgtype"] == "m.notice"
-        and "photo" in photo.content["body"]
-        and "look" in photo.content["body"]
+        photo.content["msgtype"] == "m.notice" and "photo" in photo.content["body"] and "look" in photo.content["body"]
     )

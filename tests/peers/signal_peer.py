@@ -92,9 +92,9 @@ class RemoteParty:
 
     def make_bundle(self, *, one_time: bool) -> dict[str, Any]:
         n = next(self._prekey_ids)
-        return self.peer.call(
-            "make_bundle", party=self.name, one_time=one_time, signed_pre_key_id=n, pre_key_id=n
-        )["bundle"]
+        return self.peer.call("make_bundle", party=self.name, one_time=one_time, signed_pre_key_id=n, pre_key_id=n)[
+            "bundle"
+        ]
 
     def process_bundle(self, peer_name: str, bundle: dict[str, Any]) -> None:
         self.peer.call(

@@ -58,9 +58,7 @@ class PartnerServer:
             return web.json_response(jwks_document([self.key]))
 
         async def push(request: web.Request) -> web.Response:
-            self.pushes.append(
-                {"body": await request.json(), "auth": request.headers.get("Authorization", "")}
-            )
+            self.pushes.append({"body": await request.json(), "auth": request.headers.get("Authorization", "")})
             self.push_event.set()
             return web.Response(status=200)
 

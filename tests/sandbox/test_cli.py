@@ -27,9 +27,7 @@ def test_runs_serves_and_stops_on_sigterm(tmp_path) -> None:
     port = free_port()
     config = tmp_path / "sandbox.yaml"
     text = (ROOT / "sandbox.example.yaml").read_text()
-    text = text.replace("port: 29400", f"port: {port}").replace(
-        "database: sandbox.db", f"database: {tmp_path / 'db'}"
-    )
+    text = text.replace("port: 29400", f"port: {port}").replace("database: sandbox.db", f"database: {tmp_path / 'db'}")
     config.write_text(text.replace("media_dir: sandbox-media", f"media_dir: {tmp_path / 'media'}"))
     process = subprocess.Popen(
         [sys.executable, "-m", "bridge.sandbox", "-c", str(config)],
@@ -40,9 +38,7 @@ def test_runs_serves_and_stops_on_sigterm(tmp_path) -> None:
     try:
         for _ in range(100):
             try:
-                with urllib.request.urlopen(
-                    f"http://127.0.0.1:{port}/_sandbox/health", timeout=1
-                ) as response:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/_sandbox/health", timeout=1) as response:
                     assert response.status == 200
                     break
             except OSError:

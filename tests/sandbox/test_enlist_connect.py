@@ -33,21 +33,15 @@ async def _enlist_reason(sandbox: Sandbox, partner_server: PartnerServer, token:
 async def test_enlist_failure_reasons(sandbox: Sandbox, partner_server: PartnerServer) -> None:
     uvid = "@carol:example.org"
     stranger = SigningKey.generate()
-    unknown = issue_partner_token(
-        stranger, integrator="someone-else", uvid=uvid, audience="WHATSAPP", country="DE"
-    )
+    unknown = issue_partner_token(stranger, integrator="someone-else", uvid=uvid, audience="WHATSAPP", country="DE")
     assert await _enlist_reason(sandbox, partner_server, unknown) == "bad_integrator"
-    forged = issue_partner_token(
-        stranger, integrator=INTEGRATOR, uvid=uvid, audience="WHATSAPP", country="DE"
-    )
+    forged = issue_partner_token(stranger, integrator=INTEGRATOR, uvid=uvid, audience="WHATSAPP", country="DE")
     assert await _enlist_reason(sandbox, partner_server, forged) == "bad_token"
     wrong_audience = partner_server.token(uvid, audience="MESSENGER")
     assert await _enlist_reason(sandbox, partner_server, wrong_audience) == "bad_token"
     expired = partner_server.token(uvid, now=1_000_000)
     assert await _enlist_reason(sandbox, partner_server, expired) == "bad_token"
-    assert (
-        await _enlist_reason(sandbox, partner_server, partner_server.token(uvid, country="US")) == "not_eea"
-    )
+    assert await _enlist_reason(sandbox, partner_server, partner_server.token(uvid, country="US")) == "not_eea"
     assert await _enlist_reason(sandbox, partner_server, "not.a.jwt") == "bad_token"
 
 
@@ -80,10 +74,7 @@ async def test_enlist_rate_limited(partner_server: PartnerServer, tmp_path) -> N
     try:
         await new_partner(box, partner_server, connect=False)
         await new_partner(box, partner_server, connect=False)
-        assert (
-            await _enlist_reason(box, partner_server, partner_server.token("@late:example.org"))
-            == "rate_limited"
-        )
+        assert await _enlist_reason(box, partner_server, partner_server.token("@late:example.org")) == "rate_limited"
     finally:
         await stop_sandbox(box)
 
@@ -155,9 +146,7 @@ async def test_connect_not_enlisted_405(sandbox: Sandbox, partner_server: Partne
     await partner.client.close()
 
 
-async def test_newer_connection_closes_older_with_409(
-    sandbox: Sandbox, partner_server: PartnerServer
-) -> None:
+async def test_newer_connection_closes_older_with_409(sandbox: Sandbox, partner_server: PartnerServer) -> None:
     first = await new_partner(sandbox, partner_server)
     from bridge.gip.client import GipClient
 
@@ -171,9 +160,7 @@ async def test_newer_connection_closes_older_with_409(
     await second.close()
 
 
-async def test_unenlisted_after_30_days_without_connection_428(
-    sandbox: Sandbox, partner_server: PartnerServer
-) -> None:
+async def test_unenlisted_after_30_days_without_connection_428(sandbox: Sandbox, partner_server: PartnerServer) -> None:
     partner = await new_partner(sandbox, partner_server)
     await partner.client.close()
     await sandbox.control("POST", "/clock/advance", {"seconds": 29 * 86400})
@@ -200,9 +187,7 @@ async def test_strict_proxy_requires_client_ip(partner_server: PartnerServer, tm
         await stop_sandbox(box)
 
 
-async def test_proxy_client_gone_closes_the_connection(
-    sandbox: Sandbox, partner_server: PartnerServer
-) -> None:
+async def test_proxy_client_gone_closes_the_connection(sandbox: Sandbox, partner_server: PartnerServer) -> None:
     partner = await new_partner(sandbox, partner_server, client_ip="192.0.2.7")
     await partner.client.client_gone()
     assert partner.client.closed.is_set()
@@ -210,9 +195,7 @@ async def test_proxy_client_gone_closes_the_connection(
     assert info["connected"] is False
 
 
-async def test_several_connections_allowed_when_the_policy_is_off(
-    partner_server: PartnerServer, tmp_path
-) -> None:
+async def test_several_connections_allowed_when_the_policy_is_off(partner_server: PartnerServer, tmp_path) -> None:
     box = await start_sandbox(partner_server, media_dir=tmp_path, one_connection_per_device=False)
     try:
         first = await new_partner(box, partner_server)

@@ -22,11 +22,9 @@ BILLION_LAUGHS = (
 )
 HOSTILE = {
     "billion_laughs": BILLION_LAUGHS,
-    "dtd": b'<!DOCTYPE iq SYSTEM "http://127.0.0.1:9/evil.dtd">'
-    + b'<iq id="1" type="get" xmlns="w:p"><ping/></iq>',
+    "dtd": b'<!DOCTYPE iq SYSTEM "http://127.0.0.1:9/evil.dtd">' + b'<iq id="1" type="get" xmlns="w:p"><ping/></iq>',
     "external_entity": (
-        b'<!DOCTYPE iq [<!ENTITY xxe SYSTEM "file:///etc/passwd">]>'
-        + b'<iq id="1" type="get" xmlns="w:p">&xxe;</iq>'
+        b'<!DOCTYPE iq [<!ENTITY xxe SYSTEM "file:///etc/passwd">]>' + b'<iq id="1" type="get" xmlns="w:p">&xxe;</iq>'
     ),
     "processing_instruction": b'<?evil x?><iq id="1" type="get" xmlns="w:p"><ping/></iq>',
     "two_mib_stanza": b'<iq id="1" type="get" xmlns="w:p"><ping>' + b"a" * (2 << 20) + b"</ping></iq>",
@@ -89,9 +87,7 @@ async def test_hostile_stanza_is_refused_and_nothing_is_lost(
     assert event.content.text == "keep me"
 
 
-async def test_truncated_noise_frame_closes_the_connection(
-    sandbox: Sandbox, partner_server: PartnerServer
-) -> None:
+async def test_truncated_noise_frame_closes_the_connection(sandbox: Sandbox, partner_server: PartnerServer) -> None:
     attacker = await new_partner(sandbox, partner_server, connect=False)
     bystander = await new_partner(sandbox, partner_server)
     async with aiohttp.ClientSession() as session:
@@ -102,9 +98,7 @@ async def test_truncated_noise_frame_closes_the_connection(
     await bystander.client.ping()
 
 
-async def test_text_frame_and_garbage_handshake_are_refused(
-    sandbox: Sandbox, partner_server: PartnerServer
-) -> None:
+async def test_text_frame_and_garbage_handshake_are_refused(sandbox: Sandbox, partner_server: PartnerServer) -> None:
     bystander = await new_partner(sandbox, partner_server)
     async with aiohttp.ClientSession() as session:
         ws = await session.ws_connect(sandbox.base.replace("http", "ws") + CHAT_PATH)
@@ -117,9 +111,7 @@ async def test_text_frame_and_garbage_handshake_are_refused(
         assert message.type in (aiohttp.WSMsgType.CLOSE, aiohttp.WSMsgType.CLOSED)
         # A handshake from a key that is not enlisted gets 405/401, not a crash.
         ws = await session.ws_connect(sandbox.base.replace("http", "ws") + CHAT_PATH)
-        channel = await client_handshake(
-            ws, StaticKey.generate(), {"v": 1, "login": "1-1@interop", "token": "x"}
-        )
+        channel = await client_handshake(ws, StaticKey.generate(), {"v": 1, "login": "1-1@interop", "token": "x"})
         first = await channel.receive(timeout=5)
         assert first.tag == "failure"
         assert first.attrs["reason"] == "405"

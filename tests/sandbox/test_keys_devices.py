@@ -10,9 +10,7 @@ from bridge.signal import SignedPreKeyRecord, generate_prekeys
 from tests.sandbox.harness import PartnerServer, Sandbox, new_partner
 
 
-async def test_fetch_consumes_one_time_prekey_then_falls_back(
-    sandbox: Sandbox, partner_server: PartnerServer
-) -> None:
+async def test_fetch_consumes_one_time_prekey_then_falls_back(sandbox: Sandbox, partner_server: PartnerServer) -> None:
     alice = await new_partner(sandbox, partner_server, prekeys=2)
     bob = await new_partner(sandbox, partner_server)
     assert await alice.client.count_prekeys() == 2
@@ -31,9 +29,7 @@ async def test_fetch_consumes_one_time_prekey_then_falls_back(
     assert unknown.code.value == "404"
 
 
-async def test_low_prekey_count_notification_and_replenish(
-    sandbox: Sandbox, partner_server: PartnerServer
-) -> None:
+async def test_low_prekey_count_notification_and_replenish(sandbox: Sandbox, partner_server: PartnerServer) -> None:
     alice = await new_partner(sandbox, partner_server, prekeys=10)
     bob = await new_partner(sandbox, partner_server)
     await bob.client.fetch_bundles([Jid.parse(alice.client.iid)])

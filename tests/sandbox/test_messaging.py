@@ -30,9 +30,7 @@ async def test_text_both_ways_with_receipts(sandbox: Sandbox, partner_server: Pa
         lambda e: isinstance(e, ReceiptEvent) and e.receipt.type is st.ReceiptType.DELIVERED
     )
     assert delivered.receipt.id == message_id
-    read = await alice.wait_for(
-        lambda e: isinstance(e, ReceiptEvent) and e.receipt.type is st.ReceiptType.READ
-    )
+    read = await alice.wait_for(lambda e: isinstance(e, ReceiptEvent) and e.receipt.type is st.ReceiptType.READ)
     assert message_id in read.receipt.message_ids
 
     reply = await sandbox.control(
@@ -48,9 +46,7 @@ async def test_text_both_ways_with_receipts(sandbox: Sandbox, partner_server: Pa
     await alice.client.close()
 
 
-async def test_offline_messages_push_once_wait_and_arrive_once(
-    sandbox: Sandbox, partner_server: PartnerServer
-) -> None:
+async def test_offline_messages_push_once_wait_and_arrive_once(sandbox: Sandbox, partner_server: PartnerServer) -> None:
     alice = await new_partner(sandbox, partner_server)
     native = await sandbox.native()
     await alice.client.send_message(Jid.parse(native["iid"]), Content(text="hi"))
@@ -84,18 +80,14 @@ async def test_offline_messages_push_once_wait_and_arrive_once(
     assert len(alice.messages()) == before
 
 
-async def test_push_token_verifies_against_gatekeeper_jwks(
-    sandbox: Sandbox, partner_server: PartnerServer
-) -> None:
+async def test_push_token_verifies_against_gatekeeper_jwks(sandbox: Sandbox, partner_server: PartnerServer) -> None:
     from bridge.gip.tokens import GATEKEEPER_TOKEN_MAX_TTL, parse_jwks, verify_token
 
     alice = await new_partner(sandbox, partner_server)
     native = await sandbox.native()
     await alice.client.send_message(Jid.parse(native["iid"]), Content(text="hi"))
     await alice.client.close()
-    await sandbox.control(
-        "POST", f"/natives/{native['iid']}/send", {"to": alice.client.iid, "text": "wake up"}
-    )
+    await sandbox.control("POST", f"/natives/{native['iid']}/send", {"to": alice.client.iid, "text": "wake up"})
     await sandbox.gatekeeper.settle()
     async with sandbox.http.get(f"{sandbox.base}/.well-known/jwks") as response:
         keys = parse_jwks(await response.read())
@@ -111,16 +103,12 @@ async def test_push_token_verifies_against_gatekeeper_jwks(
     assert claims["iss"] == "WHATSAPP"
 
 
-async def test_retry_receipt_from_partner_gets_a_resend(
-    sandbox: Sandbox, partner_server: PartnerServer
-) -> None:
+async def test_retry_receipt_from_partner_gets_a_resend(sandbox: Sandbox, partner_server: PartnerServer) -> None:
     alice = await new_partner(sandbox, partner_server)
     native = await sandbox.native()
     await alice.client.send_message(Jid.parse(native["iid"]), Content(text="hi"))
     await sandbox.control("POST", "/faults", {"corrupt_next_from": native["iid"]})
-    sent = await sandbox.control(
-        "POST", f"/natives/{native['iid']}/send", {"to": alice.client.iid, "text": "fragile"}
-    )
+    sent = await sandbox.control("POST", f"/natives/{native['iid']}/send", {"to": alice.client.iid, "text": "fragile"})
     failure = await alice.wait_for(lambda e: isinstance(e, UndecryptableEvent) and e.id == sent["id"])
     assert failure.retry_count == 1
     event = await alice.wait_for(lambda e: isinstance(e, MessageEvent) and e.id == sent["id"])
@@ -138,9 +126,7 @@ async def test_retry_receipt_from_native_gets_a_resend_and_fresh_bundle(
     # The native loses its session state (as after a restore); our next message fails there.
     sandbox.gatekeeper.store.signal_delete(str(bob), "session")
     message_id = await alice.client.send_message(bob, Content(text="after the loss"))
-    retry = await alice.wait_for(
-        lambda e: isinstance(e, ReceiptEvent) and e.receipt.type is st.ReceiptType.RETRY
-    )
+    retry = await alice.wait_for(lambda e: isinstance(e, ReceiptEvent) and e.receipt.type is st.ReceiptType.RETRY)
     assert retry.receipt.id == message_id
     assert retry.receipt.registration_id is not None
 
@@ -156,16 +142,12 @@ async def test_retry_receipt_from_native_gets_a_resend_and_fresh_bundle(
     arrived = await delivered()
     assert len(arrived) == 1
     assert arrived[0]["content"] == {"text": "after the loss"}
-    retries = [
-        e for e in alice.events if isinstance(e, ReceiptEvent) and e.receipt.type is st.ReceiptType.RETRY
-    ]
+    retries = [e for e in alice.events if isinstance(e, ReceiptEvent) and e.receipt.type is st.ReceiptType.RETRY]
     assert retries[-1].receipt.retry_count == 2
     assert retries[-1].receipt.keys is not None
 
 
-async def test_identity_notification_on_native_reinstall(
-    sandbox: Sandbox, partner_server: PartnerServer
-) -> None:
+async def test_identity_notification_on_native_reinstall(sandbox: Sandbox, partner_server: PartnerServer) -> None:
     from bridge.gip.client import NotificationEvent
 
     alice = await new_partner(sandbox, partner_server)
@@ -189,9 +171,7 @@ async def test_identity_notification_on_native_reinstall(
     assert any(e["id"] == message_id for e in await sandbox.events(native["iid"], "message"))
 
 
-async def test_replies_reactions_revokes_edits_typing_and_read(
-    sandbox: Sandbox, partner_server: PartnerServer
-) -> None:
+async def test_replies_reactions_revokes_edits_typing_and_read(sandbox: Sandbox, partner_server: PartnerServer) -> None:
     from bridge.gip.client import ChatStateEvent
     from bridge.gip.content import Edit
 
@@ -204,12 +184,8 @@ async def test_replies_reactions_revokes_edits_typing_and_read(
     await alice.client.send_message(
         bob, Content(reaction=Reaction(key=MessageKey(id=first, from_me=True), text="👍")), "reaction"
     )
-    await alice.client.send_message(
-        bob, Content(edit=Edit(key=MessageKey(id=first, from_me=True), text="question?"))
-    )
-    await alice.client.send_message(
-        bob, Content(revoke=Revoke(key=MessageKey(id=first, from_me=True))), "revoke"
-    )
+    await alice.client.send_message(bob, Content(edit=Edit(key=MessageKey(id=first, from_me=True), text="question?")))
+    await alice.client.send_message(bob, Content(revoke=Revoke(key=MessageKey(id=first, from_me=True))), "revoke")
     await alice.client.send_typing(bob, st.ChatState.COMPOSING)
     await alice.client.ping()
     contents = [e["content"] for e in await sandbox.events(native["iid"], "message")]
@@ -234,18 +210,12 @@ async def test_replies_reactions_revokes_edits_typing_and_read(
     )
     event = await alice.wait_for(lambda e: isinstance(e, MessageEvent) and e.id == reaction["id"])
     assert event.type == "reaction" and event.content.reaction.text == "❤"
-    await sandbox.control(
-        "POST", f"/natives/{native['iid']}/typing", {"to": alice.client.iid, "state": "composing"}
-    )
+    await sandbox.control("POST", f"/natives/{native['iid']}/typing", {"to": alice.client.iid, "state": "composing"})
     typing = await alice.wait_for(lambda e: isinstance(e, ChatStateEvent))
     assert typing.state is st.ChatState.COMPOSING
     second = await alice.client.send_message(bob, Content(text="more"))
-    await sandbox.control(
-        "POST", f"/natives/{native['iid']}/read", {"to": alice.client.iid, "ids": [first, second]}
-    )
-    read = await alice.wait_for(
-        lambda e: isinstance(e, ReceiptEvent) and e.receipt.type is st.ReceiptType.READ
-    )
+    await sandbox.control("POST", f"/natives/{native['iid']}/read", {"to": alice.client.iid, "ids": [first, second]})
+    read = await alice.wait_for(lambda e: isinstance(e, ReceiptEvent) and e.receipt.type is st.ReceiptType.READ)
     assert set(read.receipt.message_ids) == {first, second}
     # Our aggregated read receipt reaches the native.
     await alice.client.send_read(bob, [native_reply["id"], reaction["id"]])
@@ -254,9 +224,7 @@ async def test_replies_reactions_revokes_edits_typing_and_read(
     assert set(reads[-1]["ids"]) == {native_reply["id"], reaction["id"]}
 
 
-async def test_media_both_ways_through_the_proxy(
-    sandbox: Sandbox, partner_server: PartnerServer, tmp_path
-) -> None:
+async def test_media_both_ways_through_the_proxy(sandbox: Sandbox, partner_server: PartnerServer, tmp_path) -> None:
     from bridge.gip.content import Media
     from bridge.gip.media import MediaType, decrypt_to_file, encrypt_bytes
 
@@ -354,9 +322,7 @@ async def test_between_two_partner_users(sandbox: Sandbox, partner_server: Partn
     typing = await carol.wait_for(lambda e: isinstance(e, ChatStateEvent))
     assert typing.sender == Jid.parse(alice.client.iid)
     await carol.client.send_read(Jid.parse(alice.client.iid), [message_id])
-    read = await alice.wait_for(
-        lambda e: isinstance(e, ReceiptEvent) and e.receipt.type is st.ReceiptType.READ
-    )
+    read = await alice.wait_for(lambda e: isinstance(e, ReceiptEvent) and e.receipt.type is st.ReceiptType.READ)
     assert read.receipt.message_ids == (message_id,)
     assert (await sandbox.control("GET", f"/partners/{carol.client.iid}"))["mailbox"] == 0
 
@@ -376,9 +342,7 @@ async def test_a_handler_may_make_requests_while_handling_an_event(
             counted.append(await alice.client.count_prekeys())
 
     alice.client.on_event = handler
-    sent = await sandbox.control(
-        "POST", f"/natives/{native['iid']}/send", {"to": alice.client.iid, "text": "x"}
-    )
+    sent = await sandbox.control("POST", f"/natives/{native['iid']}/send", {"to": alice.client.iid, "text": "x"})
     await asyncio.wait_for(alice.wait_for(lambda e: isinstance(e, MessageEvent) and e.id == sent["id"]), 5)
     for _ in range(50):
         if counted:

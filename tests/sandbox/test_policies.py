@@ -48,9 +48,7 @@ async def test_lookup_of_unknown_opted_out_and_blocked_answers_identically(
     assert await alice.client.lookup(opted_out["uvid"]) == Jid.parse(opted_out["iid"])
 
 
-async def test_messages_to_unreachable_users_refused_403(
-    sandbox: Sandbox, partner_server: PartnerServer
-) -> None:
+async def test_messages_to_unreachable_users_refused_403(sandbox: Sandbox, partner_server: PartnerServer) -> None:
     alice = await new_partner(sandbox, partner_server)
     native = await sandbox.native()
     bob = Jid.parse(native["iid"])
@@ -76,9 +74,7 @@ async def test_partner_blocklist(sandbox: Sandbox, partner_server: PartnerServer
         await alice.client.send_message(bob, Content(text="blocked both ways"))
     await alice.client.set_blocked(bob, False)
     assert await alice.client.blocklist() == []
-    sent = await sandbox.control(
-        "POST", f"/natives/{native['iid']}/send", {"to": alice.client.iid, "text": "ok now"}
-    )
+    sent = await sandbox.control("POST", f"/natives/{native['iid']}/send", {"to": alice.client.iid, "text": "ok now"})
     await alice.wait_for(lambda e: isinstance(e, MessageEvent) and e.id == sent["id"])
 
 
@@ -130,9 +126,7 @@ async def test_first_contact_rate_limit(partner_server: PartnerServer, tmp_path)
         await stop_sandbox(box)
 
 
-async def test_suspension_and_eea_close_live_connections(
-    sandbox: Sandbox, partner_server: PartnerServer
-) -> None:
+async def test_suspension_and_eea_close_live_connections(sandbox: Sandbox, partner_server: PartnerServer) -> None:
     alice = await new_partner(sandbox, partner_server)
     await sandbox.control("POST", f"/partners/{alice.client.iid}/suspend", {"suspended": True})
     await alice.client.closed.wait()
@@ -160,9 +154,7 @@ async def test_mailbox_expires_after_30_days(sandbox: Sandbox, partner_server: P
     native = await sandbox.native()
     await alice.client.send_message(Jid.parse(native["iid"]), Content(text="hi"))
     await alice.client.close()
-    await sandbox.control(
-        "POST", f"/natives/{native['iid']}/send", {"to": alice.client.iid, "text": "old news"}
-    )
+    await sandbox.control("POST", f"/natives/{native['iid']}/send", {"to": alice.client.iid, "text": "old news"})
     assert (await sandbox.control("GET", f"/partners/{alice.client.iid}"))["mailbox"] >= 1
     await sandbox.control("POST", "/clock/advance", {"seconds": 30 * 86400 + 60})
     assert (await sandbox.control("GET", f"/partners/{alice.client.iid}"))["mailbox"] == 0
@@ -171,24 +163,18 @@ async def test_mailbox_expires_after_30_days(sandbox: Sandbox, partner_server: P
 async def test_restart_loses_nothing(partner_server: PartnerServer, tmp_path) -> None:
     database = str(tmp_path / "sandbox.db")
     clock = Clock()
-    box = await start_sandbox(
-        partner_server, store=SandboxStore(database), clock=clock, media_dir=tmp_path / "m"
-    )
+    box = await start_sandbox(partner_server, store=SandboxStore(database), clock=clock, media_dir=tmp_path / "m")
     alice = await new_partner(box, partner_server)
     native = await box.native()
     bob = Jid.parse(native["iid"])
     await alice.client.send_message(bob, Content(text="before the restart"))
     await alice.client.close()
-    queued = await box.control(
-        "POST", f"/natives/{native['iid']}/send", {"to": alice.client.iid, "text": "waiting"}
-    )
+    queued = await box.control("POST", f"/natives/{native['iid']}/send", {"to": alice.client.iid, "text": "waiting"})
     box.clients.clear()
     await stop_sandbox(box)
     box.gatekeeper.store.close()
 
-    again = await start_sandbox(
-        partner_server, store=SandboxStore(database), clock=clock, media_dir=tmp_path / "m"
-    )
+    again = await start_sandbox(partner_server, store=SandboxStore(database), clock=clock, media_dir=tmp_path / "m")
     try:
         alice.client.base_url = again.base
         again.clients.append(alice.client)

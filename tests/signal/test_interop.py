@@ -148,9 +148,7 @@ async def test_duplicates_rejected_both_ways(signal_peer: NodeSignalPeer, impl: 
 
 
 @pytest.mark.parametrize("impl", IMPLEMENTATIONS)
-async def test_gap_of_2000_accepted_and_larger_refused_cleanly(
-    signal_peer: NodeSignalPeer, impl: str
-) -> None:
+async def test_gap_of_2000_accepted_and_larger_refused_cleanly(signal_peer: NodeSignalPeer, impl: str) -> None:
     py, js = fresh_pair(signal_peer, impl)
     await establish(py, js, python_initiates=True, one_time=True)
     address = ProtocolAddress(js.name, 1)
@@ -179,9 +177,7 @@ async def test_gap_of_2000_accepted_and_larger_refused_cleanly(
 
 
 @pytest.mark.parametrize("impl", IMPLEMENTATIONS)
-async def test_peer_reinstall_archives_old_session_when_we_initiate(
-    signal_peer: NodeSignalPeer, impl: str
-) -> None:
+async def test_peer_reinstall_archives_old_session_when_we_initiate(signal_peer: NodeSignalPeer, impl: str) -> None:
     py, js = fresh_pair(signal_peer, impl)
     await establish(py, js, python_initiates=True, one_time=True)
     address = ProtocolAddress(js.name, 1)
@@ -204,9 +200,7 @@ async def test_peer_reinstall_archives_old_session_when_we_initiate(
 
 
 @pytest.mark.parametrize("impl", IMPLEMENTATIONS)
-async def test_peer_reinstall_archives_old_session_when_peer_initiates(
-    signal_peer: NodeSignalPeer, impl: str
-) -> None:
+async def test_peer_reinstall_archives_old_session_when_peer_initiates(signal_peer: NodeSignalPeer, impl: str) -> None:
     py, js = fresh_pair(signal_peer, impl)
     await establish(py, js, python_initiates=False, one_time=True)
     address = ProtocolAddress(js.name, 1)
@@ -318,9 +312,7 @@ async def test_sender_key_crypto_matches_libsignal(signal_peer: NodeSignalPeer) 
     store = MemorySenderKeyStore()
     group = GroupCipher(store, distribution, schema=schema, distribution_uuid=uuid_bytes)
 
-    skdm = unb64(
-        signal_peer.call("sk_create", party=js.name, own=js_address, distribution_id=distribution)["skdm"]
-    )
+    skdm = unb64(signal_peer.call("sk_create", party=js.name, own=js_address, distribution_id=distribution)["skdm"])
     await group.process_distribution_message(
         ProtocolAddress(js.name, 1), SenderKeyDistributionMessage.deserialize(skdm, schema)
     )
@@ -345,9 +337,7 @@ async def test_sender_key_crypto_matches_libsignal(signal_peer: NodeSignalPeer) 
     signal_peer.call("sk_process", party=js.name, sender=py_address, skdm=b64(ours.serialized))
     for i in range(3):
         message = await group.encrypt(ProtocolAddress(py.name, 1), b"from py %d" % i)
-        answer = signal_peer.call(
-            "sk_decrypt", party=js.name, sender=py_address, body=b64(message.serialized)
-        )
+        answer = signal_peer.call("sk_decrypt", party=js.name, sender=py_address, body=b64(message.serialized))
         assert unb64(answer["plaintext"]) == b"from py %d" % i
     tampered = bytearray(message.serialized)
     tampered[-1] ^= 1

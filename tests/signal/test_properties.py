@@ -67,9 +67,7 @@ async def _run_schedule(ops: list[tuple[str, int]]) -> None:
             counter += 1
             plaintext = f"{sender} {counter}".encode()
             message_type, body = await parties[sender].encrypt(peer_of[sender], plaintext)
-            in_flight.append(
-                InFlight(sender, message_type, body, plaintext, _ratchet_key(message_type, body))
-            )
+            in_flight.append(InFlight(sender, message_type, body, plaintext, _ratchet_key(message_type, body)))
         elif op in ("deliver", "duplicate") and in_flight:
             item = in_flight[arg % len(in_flight)]
             if op == "deliver" and item.delivered:
@@ -125,9 +123,7 @@ def test_random_schedules_decrypt_or_fail_typed_and_never_corrupt(
 
 def _parsers() -> list:
     key = PublicKey(bytes(range(32)))
-    fingerprint = Fingerprint.create(
-        local_id=b"a", local_key=key, remote_id=b"b", remote_key=key, iterations=1
-    )
+    fingerprint = Fingerprint.create(local_id=b"a", local_key=key, remote_id=b"b", remote_key=key, iterations=1)
     return [
         SignalMessage.deserialize,
         PreKeySignalMessage.deserialize,
@@ -210,9 +206,7 @@ async def test_bundle_round_trip_helper_builds_valid_bundle() -> None:
 
 @settings(max_examples=300, deadline=None)
 @given(st.binary(min_size=32, max_size=32), st.binary(max_size=70), st.binary(max_size=40))
-def test_verify_with_arbitrary_key_and_signature_returns_false(
-    key: bytes, signature: bytes, message: bytes
-) -> None:
+def test_verify_with_arbitrary_key_and_signature_returns_false(key: bytes, signature: bytes, message: bytes) -> None:
     # Points off the curve and malformed signatures are a plain "no", never an exception.
     assert PublicKey(key).verify(message, signature) in (True, False)
     assert not PublicKey(key).verify(message, signature[:63])

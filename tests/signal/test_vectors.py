@@ -91,9 +91,7 @@ def test_ratcheting_session_as_bob() -> None:
     )
     assert state.local_identity.serialize() == BOB_IDENTITY_PUBLIC
     assert state.remote_identity.serialize() == ALICE_IDENTITY_PUBLIC
-    assert state.sender_chain.key.hex() == (
-        "9797caca53c989bbe229a40ca7727010eb2604fc14945d77958a0aeda088b44d"
-    )
+    assert state.sender_chain.key.hex() == ("9797caca53c989bbe229a40ca7727010eb2604fc14945d77958a0aeda088b44d")
     assert state.session_version == 3
 
 
@@ -109,9 +107,7 @@ def test_ratcheting_session_as_alice() -> None:
     )
     found = state.find_receiver_chain(bob_ephemeral)
     assert found is not None
-    assert found[1].chain_key.key.hex() == (
-        "ab9be50e5cb22a925446ab90ee5670545f4fd32902459ec274b6ad0ae5d6031a"
-    )
+    assert found[1].chain_key.key.hex() == ("ab9be50e5cb22a925446ab90ee5670545f4fd32902459ec274b6ad0ae5d6031a")
     assert state.remote_identity.serialize() == BOB_IDENTITY_PUBLIC
     assert state.session_version == 3
 

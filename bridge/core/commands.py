@@ -1,0 +1,374 @@
+"""Bot commands: declared with their permission level, dispatched in one place."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+
+from bridge import __version__
+from bridge.config import PermissionLevel
+from bridge.db.logins import Login, LoginState
+from bridge.db.portals import Portal
+from bridge.db.signal_store import DbSignalStore
+from bridge.gatekeeper.enlistment import create_login, enlist
+from bridge.gatekeeper.state import ConnectionState
+from bridge.gip.client import EnlistError
+from bridge.gip.errors import GipError, GipErrorCode
+from bridge.gip.jid import Jid
+from bridge.signal import Fingerprint, ProtocolAddress
+
+from .bridge import BridgeCore
+
+CONNECT_WAIT = 15.0
+
+
+@dataclass
+class Context:
+    core: BridgeCore
+    room_id: str
+    sender: str
+    args: list[str]
+    portal: Portal | None
+    login: Login | None
+
+    async def reply(self, text: str) -> None:
+        await self.core.matrix.send_notice(self.room_id, text)
+
+
+Handler = Callable[[Context], Awaitable[None]]
+
+
+@dataclass(frozen=True)
+class Command:
+    name: str
+    summary: str
+    handler: Handler
+    level: PermissionLevel = PermissionLevel.USER
+    needs_login: bool = False
+    aliases: tuple[str, ...] = ()
+
+
+COMMANDS: dict[str, Command] = {}
+
+
+def command(
+    name: str,
+    summary: str,
+    *,
+    level: PermissionLevel = PermissionLevel.USER,
+    needs_login: bool = False,
+    aliases: tuple[str, ...] = (),
+) -> Callable[[Handler], Handler]:
+    def register(handler: Handler) -> Handler:
+        entry = Command(name, summary, handler, level, needs_login, aliases)
+        for key in (name, *aliases):
+            COMMANDS[key] = entry
+        return handler
+
+    return register
+
+
+@dataclass
+class LoginDraft:
+    stage: str  # "consent" or "eea"
+    room_id: str
+    consented: bool = False
+
+
+@dataclass
+class CommandState:
+    drafts: dict[str, LoginDraft] = field(default_factory=dict)
+
+
+def explain(error: GipError, core: BridgeCore) -> str:
+    """A gatekeeper failure as a sentence for the user."""
+    identifier = (
+        "a phone number in international format, like +4915112345678"
+        if core.config.profile == "whatsapp"
+        else "a Messenger username (5 to 30 of a-z, 0-9 and dots)"
+    )
+    return {
+        GipErrorCode.NOT_FOUND: f"That {core.network} user cannot be reached: they have no account, have not turned "
+        "on chats with other apps, or do not accept chats from this bridge.",
+        GipErrorCode.BAD_REQUEST: f"That is not a valid identifier; use {identifier}.",
+        GipErrorCode.RATE_LIMITED: "The gatekeeper is rate limiting you; try again "
+        + (f"in {error.retry_after} seconds." if error.retry_after else "later."),
+        GipErrorCode.FORBIDDEN: "The gatekeeper refused: your account is suspended or the other person blocked you.",
+        GipErrorCode.NOT_IN_EEA: "The gatekeeper only serves users located in the European Economic Area.",
+        GipErrorCode.CLOSED: "The bridge is not connected to the gatekeeper right now; try again in a moment.",
+        GipErrorCode.TIMEOUT: "The gatekeeper did not answer in time; try again in a moment.",
+    }.get(error.code, f"The gatekeeper refused the request ({error.code.value}).")
+
+
+def _client_or_explain(ctx: Context):  # noqa: ANN202 - GipClient | None
+    return ctx.core._client(ctx.sender)
+
+
+async def dispatch(
+    core: BridgeCore, state: CommandState, room_id: str, sender: str, text: str, portal: Portal | None
+) -> None:
+    """Run a command line. Permission is checked here, so no command can forget it."""
+    level = core.config.permission(sender)
+    if level is PermissionLevel.NONE:
+        await core.matrix.send_notice(room_id, "You are not allowed to use this bridge. Ask its admin for access.")
+        return
+    words = text.strip().split()
+    if not words:
+        return
+    login = await core.logins.get(sender)
+    draft = state.drafts.get(sender)
+    if draft is not None and words[0].lower() in ("yes", "no", "cancel") and draft.room_id == room_id:
+        await _continue_login(Context(core, room_id, sender, words[1:], portal, login), state, words[0].lower())
+        return
+    entry = COMMANDS.get(words[0].lower())
+    ctx = Context(core, room_id, sender, words[1:], portal, login)
+    if entry is None:
+        await ctx.reply(f"Unknown command `{words[0]}`. Send `help` to see what the bridge understands.")
+        return
+    if level.value < entry.level.value:
+        await ctx.reply(f"`{entry.name}` is for bridge admins.")
+        return
+    if entry.needs_login and (login is None or login.state is not LoginState.ENLISTED):
+        await ctx.reply("You are not logged in. Send `login` first.")
+        return
+    if entry.name == "login":
+        await _start_login(ctx, state)
+        return
+    try:
+        await entry.handler(ctx)
+    except GipError as exc:
+        await ctx.reply(explain(exc, core))
+
+
+@command("help", "Show this list.")
+async def help_command(ctx: Context) -> None:
+    seen: set[str] = set()
+    lines = [f"**matrix-dma-bridge** bridges your Matrix account to {ctx.core.network}. Commands:"]
+    for entry in COMMANDS.values():
+        if entry.name in seen or ctx.core.config.permission(ctx.sender).value < entry.level.value:
+            continue
+        seen.add(entry.name)
+        lines.append(f"• `{entry.name}` — {entry.summary}")
+    await ctx.reply("\n".join(lines))
+
+
+@command("version", "Show the bridge's version.")
+async def version_command(ctx: Context) -> None:
+    await ctx.reply(f"matrix-dma-bridge {__version__}, speaking GIP/1 to {ctx.core.network}.")
+
+
+CONSENT_TEXT = """Logging in enlists your Matrix account with {network} as a third-party user. Before you do:
+
+• {network} users who turned on chats with other apps can then message you, and you them.
+• {network} learns your Matrix ID ({mxid}), an identifier it assigns to you, when you are connected, whom you chat \
+with and when, and the country this server attests for you ({country}). It cannot read your messages: they are \
+end-to-end encrypted between this bridge and the other person's phone.
+• This bridge decrypts and re-encrypts your messages on this homeserver, so its admins are part of the path.
+• You can log out at any time: `logout` deletes your enlistment at {network} and every key and message record here.
+
+Do you agree? Reply `yes` to continue or `cancel` to stop."""
+
+
+async def _start_login(ctx: Context, state: CommandState) -> None:
+    if ctx.login is not None and ctx.login.state is LoginState.ENLISTED:
+        await ctx.reply(f"You are already logged in as {ctx.login.iid}. Send `logout` first to start over.")
+        return
+    state.drafts[ctx.sender] = LoginDraft("consent", ctx.room_id)
+    await ctx.reply(CONSENT_TEXT.format(network=ctx.core.network, mxid=ctx.sender, country=ctx.core.config.country))
+
+
+async def _continue_login(ctx: Context, state: CommandState, answer: str) -> None:
+    draft = state.drafts[ctx.sender]
+    if (answer in ("cancel", "no") and draft.stage == "consent") or answer == "cancel":
+        del state.drafts[ctx.sender]
+        await ctx.reply("Login cancelled. Nothing was sent anywhere.")
+        return
+    if draft.stage == "consent":
+        draft.stage, draft.consented = "eea", True
+        await ctx.reply(
+            f"{ctx.core.network} serves third-party users only while they are located in the European Economic "
+            "Area (the EU, Iceland, Liechtenstein, Norway). Are you located there now? Reply `yes` or `no`."
+        )
+        return
+    del state.drafts[ctx.sender]
+    if answer != "yes":
+        await ctx.reply(f"Then {ctx.core.network} does not allow enlisting you. Login cancelled.")
+        return
+    await _enlist(ctx)
+
+
+async def _enlist(ctx: Context) -> None:
+    core = ctx.core
+    if ctx.login is not None:  # a login left over from an un-enlistment: start afresh
+        await core.logins.delete(ctx.sender)
+    login = await create_login(
+        core.db, core.sealer, mxid=ctx.sender, uvid=ctx.sender, country=core.config.country, eea_attested=True
+    )
+    await core.logins.set_management_room(ctx.sender, ctx.room_id)
+    try:
+        assert core.connections is not None
+        iid = await enlist(
+            core.db,
+            core.sealer,
+            login,
+            base_url=core.config.gatekeeper_url,
+            tokens=core.connections.tokens,
+            http=core.connections.http,
+        )
+    except EnlistError as exc:
+        await core.logins.delete(ctx.sender)
+        reasons = {
+            "not_eea": f"{core.network} refused: it only serves users located in the European Economic Area.",
+            "rate_limited": f"{core.network} is limiting new enlistments; try again later.",
+            "bad_token": f"{core.network} did not accept this bridge's proof of your identity. Ask the bridge admin "
+            "to check the bridge's keys and the gatekeeper settings.",
+            "bad_integrator": f"{core.network} does not know this bridge. Ask the bridge admin to check "
+            "partner.integrator_id.",
+            "version": f"{core.network} no longer accepts this bridge's protocol version; it needs an update.",
+        }
+        await ctx.reply(f"Login failed. {reasons.get(exc.reason, f'{core.network} refused ({exc.reason}).')}")
+        return
+    except GipError as exc:
+        await core.logins.delete(ctx.sender)
+        await ctx.reply(f"Login failed: {explain(exc, core)}")
+        return
+    enlisted = await core.logins.get(ctx.sender)
+    assert enlisted is not None
+    core.connections.connect(enlisted)
+    for _ in range(int(CONNECT_WAIT * 10)):
+        change = core.states.get(ctx.sender)
+        if change is not None and (change.state is ConnectionState.CONNECTED or change.final):
+            break
+        await asyncio.sleep(0.1)
+    whom = "phone number" if core.config.profile == "whatsapp" else "username"
+    await ctx.reply(
+        f"✅ Logged in. {core.network} knows you as {iid}. Send `start-chat <{whom}>` to write to someone; "
+        "chats people start with you appear as new rooms."
+    )
+
+
+@command("cancel", "Cancel a login in progress.")
+async def cancel_command(ctx: Context) -> None:
+    await ctx.reply("Nothing to cancel.")
+
+
+@command("logout", "Opt out at the gatekeeper and erase your keys, sessions and chats here.", needs_login=True)
+async def logout_command(ctx: Context) -> None:
+    core = ctx.core
+    client = _client_or_explain(ctx)
+    if client is None:
+        await ctx.reply("Not connected to the gatekeeper, so the opt-out cannot be sent now; try again in a moment.")
+        return
+    await client.opt_out()
+    assert core.connections is not None
+    await core.connections.disconnect(ctx.sender)
+    for portal in await core.portals.of_receiver(ctx.sender):
+        puppet = await core.puppets.get(portal.peer)
+        if portal.room_id and puppet:
+            with contextlib.suppress(Exception):
+                await core.matrix.leave_portal(portal.room_id, puppet.mxid, ctx.sender)
+    await core.logins.delete(ctx.sender)
+    core.states.pop(ctx.sender, None)
+    await ctx.reply(
+        f"Logged out. {core.network} deleted your enlistment, and the bridge erased your keys, sessions "
+        "and message records."
+    )
+
+
+@command("status", "Show whether you are logged in and connected.", aliases=("ping",))
+async def status_command(ctx: Context) -> None:
+    if ctx.login is None:
+        await ctx.reply("You are not logged in. Send `login` to start.")
+        return
+    change = ctx.core.states.get(ctx.sender)
+    connection = change.message if change else "Not connected yet."
+    await ctx.reply(f"Logged in as {ctx.login.iid or '(enlisting)'} ({ctx.login.state.value}). {connection}")
+
+
+async def _resolve(ctx: Context) -> Jid | None:
+    if not ctx.args:
+        await ctx.reply("Say whom: for example `start-chat +4915112345678`.")
+        return None
+    client = _client_or_explain(ctx)
+    if client is None:
+        raise GipError(GipErrorCode.CLOSED, "not connected")
+    return await client.lookup(ctx.args[0])
+
+
+@command("start-chat", "Open a chat with someone: `start-chat <identifier>`.", needs_login=True, aliases=("pm",))
+async def start_chat_command(ctx: Context) -> None:
+    jid = await _resolve(ctx)
+    if jid is None or ctx.login is None:
+        return
+    portal, puppet = await ctx.core.ensure_portal(ctx.login, str(jid), ctx.args[0])
+    await ctx.reply(f"Opened a chat with {puppet.displayname}: https://matrix.to/#/{portal.room_id}")
+
+
+@command("resolve", "Check whether someone can be reached: `resolve <identifier>`.", needs_login=True)
+async def resolve_command(ctx: Context) -> None:
+    jid = await _resolve(ctx)
+    if jid is not None:
+        await ctx.reply(f"{ctx.args[0]} can be reached on {ctx.core.network}.")
+
+
+async def _block(ctx: Context, blocked: bool) -> None:
+    client = _client_or_explain(ctx)
+    if client is None:
+        raise GipError(GipErrorCode.CLOSED, "not connected")
+    if ctx.args:
+        jid = await client.lookup(ctx.args[0]) if ctx.args[0].startswith("+") or "@" not in ctx.args[0] else None
+    elif ctx.portal is not None:
+        jid = Jid.parse(ctx.portal.peer)
+    else:
+        await ctx.reply("Say whom, or send this command in the chat with them.")
+        return
+    if jid is None:
+        return
+    await client.set_blocked(jid, blocked)
+    await ctx.reply("Blocked." if blocked else "Unblocked.")
+
+
+@command("block", "Block someone (here, or `block <identifier>`).", needs_login=True)
+async def block_command(ctx: Context) -> None:
+    await _block(ctx, True)
+
+
+@command("unblock", "Unblock someone (here, or `unblock <identifier>`).", needs_login=True)
+async def unblock_command(ctx: Context) -> None:
+    await _block(ctx, False)
+
+
+@command("verify", "Show the safety number of this chat, to compare with the other person.", needs_login=True)
+async def verify_command(ctx: Context) -> None:
+    if ctx.portal is None or ctx.login is None or ctx.login.iid is None:
+        await ctx.reply("Send `verify` in the chat whose safety number you want to see.")
+        return
+    store = DbSignalStore(ctx.core.db, ctx.core.sealer, ctx.login.mxid, ctx.login.identity, ctx.login.registration_id)
+    peer = Jid.parse(ctx.portal.peer)
+    remote = await store.get_identity(ProtocolAddress(str(peer.bare), 0))
+    if remote is None:
+        await ctx.reply("There is no secure session with this person yet; send a message first.")
+        return
+    fingerprint = Fingerprint.create(
+        local_id=ctx.login.iid.encode(),
+        local_key=ctx.login.identity.public,
+        remote_id=str(peer.bare).encode(),
+        remote_key=remote,
+    )
+    await ctx.reply(f"Safety number (compare it with the one the other person sees):\n{fingerprint.display_groups()}")
+
+
+@command("delete-portal", "Remove this chat's room (the chat itself stays on the other side).", needs_login=True)
+async def delete_portal_command(ctx: Context) -> None:
+    if ctx.portal is None or ctx.portal.room_id is None:
+        await ctx.reply("Send `delete-portal` in the chat room you want to remove.")
+        return
+    puppet = await ctx.core.puppets.get(ctx.portal.peer)
+    await ctx.core.portals.delete(ctx.portal.receiver, ctx.portal.peer)
+    if puppet is not None:
+        await ctx.core.matrix.leave_portal(ctx.portal.room_id, puppet.mxid, ctx.sender)
+
+
+COMMANDS["login"] = Command("login", "Enlist your account with the gatekeeper (asks for your consent).", _start_login)  # type: ignore[arg-type]

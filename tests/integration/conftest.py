@@ -1,0 +1,84 @@
+"""Synapse, Postgres, the sandbox and the bridge, brought up once for the integration tests."""
+
+from __future__ import annotations
+
+import itertools
+import shutil
+import uuid
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from pathlib import Path
+from types import SimpleNamespace
+
+import aiohttp
+import asyncpg
+import pytest_asyncio
+
+from bridge.app import BridgeApp
+from bridge.config import EXAMPLE_PATH, dump_yaml, generate_registration, load_config, read_yaml
+from tests.integration.matrix_user import MatrixUser
+from tests.integration.synapse import Synapse, start_synapse
+from tests.postgres import server_dsn
+from tests.sandbox.harness import INTEGRATOR, Sandbox, free_port, start_sandbox, stop_sandbox
+
+_users = itertools.count(1)
+
+
+@dataclass
+class Stack:
+    synapse: Synapse
+    sandbox: Sandbox
+    bridge: BridgeApp
+    http: aiohttp.ClientSession
+    config_path: Path
+
+    async def user(self, name: str | None = None) -> MatrixUser:
+        localpart = name or f"user{next(_users)}_{uuid.uuid4().hex[:6]}"
+        await self.synapse.register(self.http, localpart, "secret-password")
+        user = MatrixUser(self.synapse.base, f"@{localpart}:localhost")
+        await user.login("secret-password")
+        return user
+
+
+@pytest_asyncio.fixture(scope="session", loop_scope="session")
+async def stack(tmp_path_factory) -> AsyncIterator[Stack]:
+    root = tmp_path_factory.mktemp("stack")
+    http = aiohttp.ClientSession()
+    bridge_port, synapse_port = free_port(), free_port()
+    # A fresh Postgres database for the bridge.
+    admin = server_dsn()
+    database = f"dma_it_{uuid.uuid4().hex[:12]}"
+    connection = await asyncpg.connect(admin)
+    await connection.execute(f'CREATE DATABASE "{database}"')
+    await connection.close()
+    sandbox = await start_sandbox(SimpleNamespace(base=f"http://127.0.0.1:{bridge_port}"), media_dir=root / "media")
+    # The admin's steps: copy the example, edit it, generate the registration.
+    config_path = root / "config.yaml"
+    shutil.copy(EXAMPLE_PATH, config_path)
+    data = read_yaml(config_path)
+    data["homeserver"]["address"] = f"http://127.0.0.1:{synapse_port}"
+    data["homeserver"]["domain"] = "localhost"
+    data["appservice"]["address"] = f"http://127.0.0.1:{bridge_port}"
+    data["appservice"]["port"] = bridge_port
+    data["database"]["uri"] = admin.rsplit("/", 1)[0] + "/" + database
+    data["gatekeeper"]["base_url"] = sandbox.base
+    data["gatekeeper"]["jwks_url"] = f"{sandbox.base}/.well-known/jwks"
+    data["partner"]["integrator_id"] = INTEGRATOR
+    data["partner"]["public_url"] = f"http://127.0.0.1:{bridge_port}"
+    data["bridge"]["permissions"] = {"localhost": "user", "@admin:localhost": "admin"}
+    data["logging"]["level"] = "WARNING"
+    config_path.write_text(dump_yaml(data))
+    registration = root / "registration.yaml"
+    generate_registration(config_path, registration)
+    synapse = start_synapse(root / "synapse", synapse_port, registration)
+    config, _ = load_config(config_path)
+    bridge = BridgeApp(config)
+    await bridge.start()
+    yield Stack(synapse, sandbox, bridge, http, config_path)
+    await bridge.stop()
+    synapse.stop()
+    await stop_sandbox(sandbox)
+    await http.close()
+    connection = await asyncpg.connect(admin)
+    await connection.execute(f'DROP DATABASE IF EXISTS "{database}" WITH (FORCE)')
+    await connection.close()
