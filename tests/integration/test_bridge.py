@@ -90,7 +90,7 @@ async def test_user_without_permission_is_refused(stack: Stack) -> None:
     config.permissions["@admin:localhost"] = PermissionLevel.ADMIN
     try:
         mallory = await stack.user()
-        room = await stack.user_room(mallory) if hasattr(stack, "user_room") else await management_room(stack, mallory)
+        room = await management_room(stack, mallory)
         await mallory.say(room, "login")
         await mallory.notice(room, "not allowed to use this bridge")
         assert await stack.bridge.core.logins.get(mallory.mxid) is None
