@@ -263,8 +263,8 @@ class BridgeCore:
             return
         peer = str(Jid.parse(item.sender).bare)
         async with self._locks[(login.mxid, peer)]:
-            fresh = await self.inbox.pending(login.mxid)
-            if not any(i.id == item.id for i in fresh):
+            current = await self.inbox.get(item.id)
+            if current is None or current.state != "pending":
                 return  # posted meanwhile
             content = Content()
             content.ParseFromString(item.payload)

@@ -270,6 +270,7 @@ async def logout_command(ctx: Context) -> None:
             with contextlib.suppress(Exception):
                 await core.matrix.leave_portal(portal.room_id, puppet.mxid, ctx.sender)
     await core.logins.delete(ctx.sender)
+    core.portals.forget_receiver(ctx.sender)
     core.states.pop(ctx.sender, None)
     await ctx.reply(
         f"Logged out. {core.network} deleted your enlistment, and the bridge erased your keys, sessions "

@@ -62,6 +62,10 @@ class Database(ABC):
         return next(iter(row.values())) if row else None
 
 
+async def _no_reset(connection: asyncpg.Connection) -> None:
+    return None
+
+
 class PostgresDatabase(Database):
     dialect = "postgres"
 
@@ -72,7 +76,9 @@ class PostgresDatabase(Database):
         self._conn: ContextVar[asyncpg.Connection | None] = ContextVar("pg_conn", default=None)
 
     async def start(self) -> None:
-        self._pool = await asyncpg.create_pool(self._dsn, min_size=1, max_size=self._max)
+        # No reset query on release: the bridge keeps no session state (no LISTEN, advisory
+        # locks or SET), and the default reset costs a round trip per statement.
+        self._pool = await asyncpg.create_pool(self._dsn, min_size=1, max_size=self._max, reset=_no_reset)
 
     async def close(self) -> None:
         if self._pool is not None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
 from enum import Enum
+from weakref import WeakKeyDictionary
 
 from bridge.signal import IdentityKeyPair
 
@@ -35,10 +36,16 @@ class Login:
     created_at: int
 
 
+_CACHES: WeakKeyDictionary[Database, dict[str, Login]] = WeakKeyDictionary()
+
+
 class LoginStore:
     def __init__(self, db: Database, sealer: Sealer) -> None:
         self._db = db
         self._sealer = sealer
+        # Loaded logins (unsealing costs), shared by every LoginStore on this database and
+        # dropped on every write through any of them, so none can see a stale one.
+        self._cache = _CACHES.setdefault(db, {})
 
     def _login(self, row: Row) -> Login:
         mxid = row["mxid"]
@@ -60,6 +67,7 @@ class LoginStore:
         )
 
     async def insert(self, login: Login) -> None:
+        self._cache.pop(login.mxid, None)
         await self._db.execute(
             "INSERT INTO logins (mxid, uvid, iid, state, consented_at, eea_attested, country,"
             " noise_private, registration_id, identity_key_pair, signed_pre_key_id, next_pre_key_id,"
@@ -82,8 +90,14 @@ class LoginStore:
         )
 
     async def get(self, mxid: str) -> Login | None:
+        cached = self._cache.get(mxid)
+        if cached is not None:
+            return cached
         row = await self._db.fetchrow("SELECT * FROM logins WHERE mxid = $1", mxid)
-        return self._login(row) if row else None
+        if row is None:
+            return None
+        login = self._cache[mxid] = self._login(row)
+        return login
 
     async def by_iid(self, iid: str) -> Login | None:
         row = await self._db.fetchrow("SELECT * FROM logins WHERE iid = $1", iid)
@@ -101,21 +115,26 @@ class LoginStore:
         return [self._login(r) for r in rows]
 
     async def set_enlisted(self, mxid: str, iid: str) -> None:
+        self._cache.pop(mxid, None)
         await self._db.execute(
             "UPDATE logins SET iid = $1, state = $2 WHERE mxid = $3", iid, LoginState.ENLISTED.value, mxid
         )
 
     async def set_state(self, mxid: str, state: LoginState) -> None:
+        self._cache.pop(mxid, None)
         await self._db.execute("UPDATE logins SET state = $1 WHERE mxid = $2", state.value, mxid)
 
     async def set_management_room(self, mxid: str, room_id: str) -> None:
+        self._cache.pop(mxid, None)
         await self._db.execute("UPDATE logins SET management_room = $1 WHERE mxid = $2", room_id, mxid)
 
     async def set_signed_pre_key_id(self, mxid: str, key_id: int) -> None:
+        self._cache.pop(mxid, None)
         await self._db.execute("UPDATE logins SET signed_pre_key_id = $1 WHERE mxid = $2", key_id, mxid)
 
     async def reserve_pre_key_ids(self, mxid: str, count: int) -> int:
         """Reserve ``count`` one-time prekey ids; returns the first (they wrap at 24 bits)."""
+        self._cache.pop(mxid, None)
         from bridge.signal import next_prekey_id
 
         async with self._db.transaction():
@@ -129,6 +148,7 @@ class LoginStore:
 
     async def delete(self, mxid: str) -> None:
         """Erase the login; keys, sessions, portals and queues go with it (ON DELETE CASCADE)."""
+        self._cache.pop(mxid, None)
         await self._db.execute("DELETE FROM logins WHERE mxid = $1", mxid)
 
     @staticmethod

@@ -53,16 +53,39 @@ def _message(row: Row) -> MessageRef:
 
 
 class PortalStore:
+    """Portals, with a cache of the ones seen (every write goes through here)."""
+
     def __init__(self, db: Database) -> None:
         self._db = db
+        self._by_key: dict[tuple[str, str], Portal] = {}
+        self._by_room: dict[str, Portal] = {}
+
+    def _remember(self, portal: Portal) -> Portal:
+        self._by_key[(portal.receiver, portal.peer)] = portal
+        if portal.room_id:
+            self._by_room[portal.room_id] = portal
+        return portal
 
     async def get(self, receiver: str, peer: str) -> Portal | None:
+        cached = self._by_key.get((receiver, peer))
+        if cached is not None:
+            return cached
         row = await self._db.fetchrow("SELECT * FROM portals WHERE receiver = $1 AND peer = $2", receiver, peer)
-        return _portal(row) if row else None
+        return self._remember(_portal(row)) if row else None
 
     async def by_room(self, room_id: str) -> Portal | None:
+        cached = self._by_room.get(room_id)
+        if cached is not None:
+            return cached
         row = await self._db.fetchrow("SELECT * FROM portals WHERE room_id = $1", room_id)
-        return _portal(row) if row else None
+        return self._remember(_portal(row)) if row else None
+
+    def forget_receiver(self, receiver: str) -> None:
+        """After a login is erased (its portals went with it, by cascade)."""
+        for key, portal in list(self._by_key.items()):
+            if key[0] == receiver:
+                del self._by_key[key]
+                self._by_room.pop(portal.room_id or "", None)
 
     async def of_receiver(self, receiver: str) -> list[Portal]:
         rows = await self._db.fetch("SELECT * FROM portals WHERE receiver = $1 ORDER BY created_at", receiver)
@@ -78,25 +101,38 @@ class PortalStore:
             encrypted,
             now,
         )
-        return Portal(receiver, peer, room_id, encrypted, now)
+        return self._remember(Portal(receiver, peer, room_id, encrypted, now))
 
     async def delete(self, receiver: str, peer: str) -> None:
+        portal = self._by_key.pop((receiver, peer), None)
+        if portal is not None:
+            self._by_room.pop(portal.room_id or "", None)
         await self._db.execute("DELETE FROM portals WHERE receiver = $1 AND peer = $2", receiver, peer)
 
 
 class PuppetStore:
+    """Puppets, cached: there are few, and they change only through :meth:`put`."""
+
     def __init__(self, db: Database) -> None:
         self._db = db
+        self._cache: dict[str, Puppet] = {}
 
     async def get(self, iid: str) -> Puppet | None:
+        cached = self._cache.get(iid)
+        if cached is not None:
+            return cached
         row = await self._db.fetchrow("SELECT * FROM puppets WHERE iid = $1", iid)
-        return Puppet(row["iid"], row["uvid"], row["mxid"], row["displayname"]) if row else None
+        if row is None:
+            return None
+        puppet = self._cache[iid] = Puppet(row["iid"], row["uvid"], row["mxid"], row["displayname"])
+        return puppet
 
     async def by_mxid(self, mxid: str) -> Puppet | None:
         row = await self._db.fetchrow("SELECT * FROM puppets WHERE mxid = $1", mxid)
         return Puppet(row["iid"], row["uvid"], row["mxid"], row["displayname"]) if row else None
 
     async def put(self, puppet: Puppet) -> None:
+        self._cache[puppet.iid] = puppet
         await self._db.execute(
             "INSERT INTO puppets (iid, uvid, mxid, displayname) VALUES ($1, $2, $3, $4)"
             " ON CONFLICT (iid) DO UPDATE SET uvid = excluded.uvid, displayname = excluded.displayname",

@@ -74,31 +74,28 @@ class Outbox:
         self, *, receiver: str, peer: str, gk_id: str, kind: str, room_id: str, event_id: str, payload: bytes
     ) -> tuple[OutboxItem, bool]:
         """Queue a Matrix event for sending; returns the item and whether it is new."""
-        async with self._db.transaction():
-            existing = await self._db.fetchrow(
-                "SELECT * FROM outbox WHERE room_id = $1 AND event_id = $2", room_id, event_id
-            )
-            if existing is not None:
-                return self._item(existing), False
-            now = _now_ms()
-            await self._db.execute(
-                "INSERT INTO outbox (receiver, peer, gk_id, kind, room_id, event_id, payload, state,"
-                " attempts, created_at, updated_at)"
-                " VALUES ($1, $2, $3, $4, $5, $6, $7, 'pending', 0, $8, $8)",
-                receiver,
-                peer,
-                gk_id,
-                kind,
-                room_id,
-                event_id,
-                self._sealer.seal(payload, "outbox", receiver, gk_id),
-                now,
-            )
-            row = await self._db.fetchrow(
-                "SELECT * FROM outbox WHERE room_id = $1 AND event_id = $2", room_id, event_id
-            )
-        assert row is not None
-        return self._item(row), True
+        now = _now_ms()
+        row = await self._db.fetchrow(
+            "INSERT INTO outbox (receiver, peer, gk_id, kind, room_id, event_id, payload, state,"
+            " attempts, created_at, updated_at)"
+            " VALUES ($1, $2, $3, $4, $5, $6, $7, 'pending', 0, $8, $8)"
+            " ON CONFLICT (room_id, event_id) DO NOTHING RETURNING *",
+            receiver,
+            peer,
+            gk_id,
+            kind,
+            room_id,
+            event_id,
+            self._sealer.seal(payload, "outbox", receiver, gk_id),
+            now,
+        )
+        if row is not None:
+            return self._item(row), True
+        existing = await self._db.fetchrow(
+            "SELECT * FROM outbox WHERE room_id = $1 AND event_id = $2", room_id, event_id
+        )
+        assert existing is not None
+        return self._item(existing), False
 
     async def pending(self, receiver: str | None = None) -> list[OutboxItem]:
         if receiver is None:
@@ -166,33 +163,28 @@ class Inbox:
         self, *, receiver: str, sender: str, gk_id: str, kind: str, payload: bytes
     ) -> tuple[InboxItem, bool]:
         """Store a decrypted gatekeeper message before acknowledging it; a redelivery is not new."""
-        async with self._db.transaction():
-            existing = await self._db.fetchrow(
-                "SELECT * FROM inbox WHERE receiver = $1 AND sender = $2 AND gk_id = $3",
-                receiver,
-                sender,
-                gk_id,
-            )
-            if existing is not None:
-                return self._item(existing), False
-            await self._db.execute(
-                "INSERT INTO inbox (receiver, sender, gk_id, kind, payload, state, received_at)"
-                " VALUES ($1, $2, $3, $4, $5, 'pending', $6)",
-                receiver,
-                sender,
-                gk_id,
-                kind,
-                self._sealer.seal(payload, "inbox", receiver, sender, gk_id),
-                _now_ms(),
-            )
-            row = await self._db.fetchrow(
-                "SELECT * FROM inbox WHERE receiver = $1 AND sender = $2 AND gk_id = $3",
-                receiver,
-                sender,
-                gk_id,
-            )
-        assert row is not None
-        return self._item(row), True
+        row = await self._db.fetchrow(
+            "INSERT INTO inbox (receiver, sender, gk_id, kind, payload, state, received_at)"
+            " VALUES ($1, $2, $3, $4, $5, 'pending', $6)"
+            " ON CONFLICT (receiver, sender, gk_id) DO NOTHING RETURNING *",
+            receiver,
+            sender,
+            gk_id,
+            kind,
+            self._sealer.seal(payload, "inbox", receiver, sender, gk_id),
+            _now_ms(),
+        )
+        if row is not None:
+            return self._item(row), True
+        existing = await self._db.fetchrow(
+            "SELECT * FROM inbox WHERE receiver = $1 AND sender = $2 AND gk_id = $3", receiver, sender, gk_id
+        )
+        assert existing is not None
+        return self._item(existing), False
+
+    async def get(self, item_id: int) -> InboxItem | None:
+        row = await self._db.fetchrow("SELECT * FROM inbox WHERE id = $1", item_id)
+        return self._item(row) if row else None
 
     async def pending(self, receiver: str | None = None) -> list[InboxItem]:
         if receiver is None:

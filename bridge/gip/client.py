@@ -28,6 +28,7 @@ from bridge.signal import (
     DuplicateMessageError,
     IdentityChange,
     MessageType,
+    NoSessionError,
     PreKeyRecord,
     SessionCipher,
     SignalError,
@@ -471,9 +472,12 @@ class GipClient:
         await cipher.process_bundle(bundle.to_signal())
 
     async def _encrypt_for(self, device: Jid, plaintext: bytes) -> st.Enc:
-        await self._ensure_session(device)
         cipher = self._cipher(device)
-        message = await cipher.encrypt(plaintext)
+        try:
+            message = await cipher.encrypt(plaintext)
+        except NoSessionError:
+            await self._ensure_session(device)
+            message = await cipher.encrypt(plaintext)
         return st.Enc(st.EncType.PKMSG if message.type == MessageType.PREKEY else st.EncType.MSG, message.serialized)
 
     async def send_message(
