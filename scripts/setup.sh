@@ -8,7 +8,7 @@ cd "$(dirname "$0")/.."
 find_python() {
     for candidate in python3.12 python3.11 python3; do
         if command -v "$candidate" >/dev/null 2>&1 &&
-            "$candidate" -c 'import sys; sys.exit(not ((3, 11) <= sys.version_info[:2] <= (3, 12)))'; then
+            "$candidate" -c 'import sys; sys.exit(not ((3, 11) <= sys.version_info[:2] <= (3, 12)))' 2>/dev/null; then
             command -v "$candidate"
             return 0
         fi
@@ -35,9 +35,9 @@ fi
 # Synapse for the integration tests, in its own venv so that its pins never meet the bridge's.
 synapse_version=1.163.2
 if [ ! -f ".venv-synapse/.installed-$synapse_version" ]; then
-    [ -x .venv-synapse/bin/python ] || "$(command -v python3.11 || command -v python3)" -m venv .venv-synapse
-    .venv-synapse/bin/python -m pip install --quiet --upgrade pip
-    .venv-synapse/bin/python -m pip install --quiet "matrix-synapse==$synapse_version"
+    [ -x .venv-synapse/bin/python ] || .venv/bin/python -c 'import sys; print(sys._base_executable)' |
+        xargs -I{} {} -m venv .venv-synapse
+    .venv-synapse/bin/python -m pip install --quiet --disable-pip-version-check "matrix-synapse==$synapse_version"
     touch ".venv-synapse/.installed-$synapse_version"
 fi
 
