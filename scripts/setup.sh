@@ -35,8 +35,10 @@ fi
 # Synapse for the integration tests, in its own venv so that its pins never meet the bridge's.
 synapse_version=1.163.2
 if [ ! -f ".venv-synapse/.installed-$synapse_version" ]; then
-    [ -x .venv-synapse/bin/python ] || .venv/bin/python -c 'import sys; print(sys._base_executable)' |
-        xargs -I{} {} -m venv .venv-synapse
+    if [ ! -x .venv-synapse/bin/python ]; then
+        base_python=$(.venv/bin/python -c 'import sys; print(sys._base_executable)')
+        "$base_python" -m venv .venv-synapse
+    fi
     .venv-synapse/bin/python -m pip install --quiet --disable-pip-version-check "matrix-synapse==$synapse_version"
     touch ".venv-synapse/.installed-$synapse_version"
 fi
