@@ -32,6 +32,10 @@ class DbSignalStore:
         self.mxid = mxid
         self._identity = identity
         self._registration_id = registration_id
+        # Write-through caches: one store serves one login's connection, and every change
+        # to a session or a peer identity goes through it, so what it last wrote is current.
+        self._sessions: dict[str, SessionRecord] = {}
+        self._identities: dict[str, bytes] = {}
 
     # ------------------------------------------------------------------ identity
 
@@ -42,26 +46,28 @@ class DbSignalStore:
         return self._registration_id
 
     async def save_identity(self, address: ProtocolAddress, key: PublicKey) -> IdentityChange:
+        serialized = key.serialize()
+        if self._identities.get(str(address)) == serialized:
+            return IdentityChange.NEW_OR_UNCHANGED
         async with self._db.transaction():
             old = await self._db.fetchval(
-                "SELECT identity_key FROM signal_identities WHERE mxid = $1 AND address = $2",
-                self.mxid,
-                str(address),
+                "SELECT identity_key FROM signal_identities WHERE mxid = $1 AND address = $2", self.mxid, str(address)
             )
-            if old is not None and bytes(old) == key.serialize():
+            self._identities[str(address)] = serialized
+            if old is not None and bytes(old) == serialized:
                 return IdentityChange.NEW_OR_UNCHANGED
             if old is None:
                 await self._db.execute(
                     "INSERT INTO signal_identities (mxid, address, identity_key, changed_at) VALUES ($1, $2, $3, $4)",
                     self.mxid,
                     str(address),
-                    key.serialize(),
+                    serialized,
                     int(time.time() * 1000),
                 )
                 return IdentityChange.NEW_OR_UNCHANGED
             await self._db.execute(
                 "UPDATE signal_identities SET identity_key = $1, changed_at = $2 WHERE mxid = $3 AND address = $4",
-                key.serialize(),
+                serialized,
                 int(time.time() * 1000),
                 self.mxid,
                 str(address),
@@ -148,14 +154,22 @@ class DbSignalStore:
     # ------------------------------------------------------------------ sessions and sender keys
 
     async def load_session(self, address: ProtocolAddress) -> SessionRecord | None:
+        cached = self._sessions.get(str(address))
+        if cached is not None:
+            return cached
         value = await self._db.fetchval(
             "SELECT record FROM signal_sessions WHERE mxid = $1 AND address = $2", self.mxid, str(address)
         )
         if value is None:
             return None
-        return SessionRecord.deserialize(self._sealer.open(value, "session", self.mxid, str(address)))
+        record = SessionRecord.deserialize(self._sealer.open(value, "session", self.mxid, str(address)))
+        self._sessions[str(address)] = record
+        return record
 
     async def store_session(self, address: ProtocolAddress, record: SessionRecord) -> None:
+        # Cached only once the write succeeded: a failed store must not leave a state the
+        # database does not have (records are immutable, so keeping the object is safe).
+        self._sessions.pop(str(address), None)
         sealed = self._sealer.seal(record.serialize(), "session", self.mxid, str(address))
         await self._db.execute(
             "INSERT INTO signal_sessions (mxid, address, record) VALUES ($1, $2, $3)"
@@ -164,6 +178,7 @@ class DbSignalStore:
             str(address),
             sealed,
         )
+        self._sessions[str(address)] = record
 
     async def load_sender_key(self, sender: ProtocolAddress, distribution_id: str) -> SenderKeyRecord | None:
         value = await self._db.fetchval(

@@ -101,13 +101,20 @@ class SessionCipher:
         if not await self._store.is_trusted_identity(self._address, message.identity_key, Direction.RECEIVING):
             raise UntrustedIdentityError(f"untrusted identity for {self._address}")
         record = await self._store.load_session(self._address) or SessionRecord()
-        one_time = await self._store.load_pre_key(message.pre_key_id) if message.pre_key_id is not None else None
+        # Until the peer hears from us, each of its messages is a PreKey message for a
+        # session we already have: the prekeys are needed only to build a new one.
+        known = record.promote_matching(message.message_version, message.base_key.serialize()) is not None
+        one_time = signed = None
+        if not known:
+            signed = await self._store.load_signed_pre_key(message.signed_pre_key_id)
+            if message.pre_key_id is not None:
+                one_time = await self._store.load_pre_key(message.pre_key_id)
         record, plaintext, consumed = session.decrypt_prekey_message(
             record,
             message,
             our_identity=await self._store.get_identity_key_pair(),
             our_registration_id=await self._store.get_local_registration_id(),
-            signed_pre_key=await self._store.load_signed_pre_key(message.signed_pre_key_id),
+            signed_pre_key=signed,
             one_time_pre_key=one_time,
         )
         await self._store.store_session(self._address, record)
