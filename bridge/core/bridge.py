@@ -43,6 +43,7 @@ from bridge.gip.content import Content
 from bridge.gip.errors import GipError, GipErrorCode
 from bridge.gip.jid import Jid
 from bridge.msgconv import convert
+from bridge.tasks import BackgroundTasks
 
 from .matrix_api import BridgeInfo, MatrixAPI, SendStatus, StatusReport
 
@@ -85,23 +86,14 @@ class BridgeCore:
         self.connections: ConnectionManager | None = None
         self.states: dict[str, StateChange] = {}
         self._locks: defaultdict[tuple[str, str], asyncio.Lock] = defaultdict(asyncio.Lock)
-        self._tasks: set[asyncio.Task[Any]] = set()
+        self._tasks = BackgroundTasks()
 
     def spawn(self, coro: Awaitable[Any], name: str) -> None:
-        async def run() -> None:
-            try:
-                await coro
-            except Exception:
-                log.exception("background task %s failed", name)
-
-        task = asyncio.get_running_loop().create_task(run(), name=name)
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
+        self._tasks.spawn(coro, name)
 
     async def settle(self) -> None:
         """Wait for background work to finish (tests, shutdown)."""
-        while self._tasks:
-            await asyncio.gather(*list(self._tasks), return_exceptions=True)
+        await self._tasks.settle()
 
     @property
     def network(self) -> str:
@@ -191,8 +183,6 @@ class BridgeCore:
             )
             if new:
                 self.spawn(self.post(item), f"post {event.id}")
-        elif isinstance(event, UndecryptableEvent):
-            await self._undecryptable(login, event)
         elif isinstance(event, ReceiptEvent):
             await self._receipt(login, event.receipt)
         elif isinstance(event, ChatStateEvent):
@@ -201,24 +191,25 @@ class BridgeCore:
             if portal and portal.room_id and puppet:
                 await self.matrix.set_typing(portal.room_id, puppet.mxid, event.state is st.ChatState.COMPOSING)
         elif isinstance(event, NotificationEvent) and event.kind == "identity" and event.sender is not None:
-            portal = await self.portals.get(login.mxid, str(event.sender.bare))
-            if portal and portal.room_id:
-                await self.matrix.send_notice(
-                    portal.room_id,
-                    "🔐 This contact's security code changed: they reinstalled the app or changed phones. "
-                    "Send `verify` here to compare the new safety number with them.",
-                )
-
-    async def _undecryptable(self, login: Login, event: UndecryptableEvent) -> None:
-        if event.retry_count != 1:
-            return
-        portal = await self.portals.get(login.mxid, str(event.sender.bare))
-        if portal and portal.room_id:
-            await self.matrix.send_notice(
-                portal.room_id,
+            await self._notice_in_portal(
+                login,
+                event.sender,
+                "🔐 This contact's security code changed: they reinstalled the app or changed phones. "
+                "Send `verify` here to compare the new safety number with them.",
+            )
+        elif isinstance(event, UndecryptableEvent) and event.retry_count == 1:
+            await self._notice_in_portal(
+                login,
+                event.sender,
                 "⚠️ A message from this contact could not be decrypted. The bridge asked their phone to "
                 "send it again; it will appear here when it arrives.",
             )
+
+    async def _notice_in_portal(self, login: Login, peer: Jid, text: str) -> None:
+        """A notice in the chat with ``peer``, if that chat has a room."""
+        portal = await self.portals.get(login.mxid, str(peer.bare))
+        if portal is not None and portal.room_id:
+            await self.matrix.send_notice(portal.room_id, text)
 
     async def _receipt(self, login: Login, receipt: st.Receipt) -> None:
         peer = str(receipt.peer.bare)

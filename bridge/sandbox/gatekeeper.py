@@ -36,6 +36,7 @@ from bridge.gip.tokens import (
     issue_gatekeeper_token,
 )
 from bridge.signal import PublicKey, SignalError
+from bridge.tasks import BackgroundTasks
 
 from .clock import Clock
 from .config import SandboxConfig
@@ -82,7 +83,7 @@ class _Runtime:
     message_windows: dict[str, RateWindow] = field(default_factory=dict)
     enlist_windows: dict[str, RateWindow] = field(default_factory=dict)
     low_prekey_notified: set[str] = field(default_factory=set)
-    tasks: set[asyncio.Task[Any]] = field(default_factory=set)
+    tasks: BackgroundTasks = field(default_factory=BackgroundTasks)
 
 
 def _b64url(value: str) -> bytes:
@@ -157,16 +158,7 @@ class Gatekeeper:
 
     def spawn(self, coro: Awaitable[Any], name: str) -> None:
         """Run in the background with a strong reference; failures are logged."""
-
-        async def run() -> None:
-            try:
-                await coro
-            except Exception:
-                log.exception("background task %s failed", name)
-
-        task = asyncio.get_running_loop().create_task(run(), name=name)
-        self._rt.tasks.add(task)
-        task.add_done_callback(self._rt.tasks.discard)
+        self._rt.tasks.spawn(coro, name)
 
     async def disconnect_all(self) -> None:
         """Close every chat connection with 503 (shutting down: try later)."""
@@ -175,15 +167,13 @@ class Gatekeeper:
         self._rt.connections.clear()
 
     async def close(self) -> None:
-        for task in list(self._rt.tasks):
-            task.cancel()
+        self._rt.tasks.cancel()
         if self._http is not None:
             await self._http.close()
 
     async def settle(self) -> None:
         """Wait for background work (pushes, media fetches) to finish; for tests."""
-        while self._rt.tasks:
-            await asyncio.gather(*list(self._rt.tasks), return_exceptions=True)
+        await self._rt.tasks.settle()
 
     # ------------------------------------------------------------------ enlistment (§2)
 

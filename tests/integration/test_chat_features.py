@@ -6,6 +6,7 @@ import asyncio
 
 import pytest
 
+from tests.db.rows import rows_left
 from tests.integration.conftest import Stack
 from tests.integration.matrix_user import MatrixUser
 from tests.integration.test_bridge import log_in, open_chat
@@ -179,18 +180,7 @@ async def test_logout_opts_out_and_leaves_no_row(stack: Stack) -> None:
     await alice.notice(room, "Logged out")
     core = stack.bridge.core
     db = core.db
-    for table, column in (
-        ("logins", "mxid"),
-        ("signal_pre_keys", "mxid"),
-        ("signal_signed_pre_keys", "mxid"),
-        ("signal_sessions", "mxid"),
-        ("signal_identities", "mxid"),
-        ("portals", "receiver"),
-        ("messages", "receiver"),
-        ("outbox", "receiver"),
-        ("inbox", "receiver"),
-    ):
-        assert await db.fetchval(f"SELECT count(*) FROM {table} WHERE {column} = $1", alice.mxid) == 0, table
+    assert await rows_left(db, alice.mxid) == {}
     info = await stack.sandbox.control("GET", f"/partners/{iid}")
     assert info["enlisted"] is False and info["rows"] == 0
     await alice.close()
