@@ -67,6 +67,15 @@ SEND_FAILURES = {
 }
 
 
+# Refusals that retry by themselves but that the user should still hear about.
+TRANSIENT_EXPLANATIONS = {
+    GipErrorCode.RATE_LIMITED: "The gatekeeper is rate limiting the bridge's connection for you; it retries by "
+    "itself in about {seconds} s. Messages you send meanwhile go out then.",
+    GipErrorCode.UNAVAILABLE: "The gatekeeper is unavailable right now; the bridge retries by itself in about "
+    "{seconds} s. Messages you send meanwhile go out then.",
+}
+
+
 def _now_ms() -> int:
     return int(time.time() * 1000)
 
@@ -85,6 +94,7 @@ class BridgeCore:
         self.inbox = Inbox(db, sealer)
         self.connections: ConnectionManager | None = None
         self.states: dict[str, StateChange] = {}
+        self._told_trouble: set[str] = set()
         self._locks: defaultdict[tuple[str, str], asyncio.Lock] = defaultdict(asyncio.Lock)
         self._tasks = BackgroundTasks()
 
@@ -156,14 +166,18 @@ class BridgeCore:
     # ------------------------------------------------------------------ the connection sink
 
     async def on_state(self, login: Login, change: StateChange) -> None:
-        previous = self.states.get(login.mxid)
         self.states[login.mxid] = change
         if change.state is ConnectionState.CONNECTED:
             self.spawn(self.flush_outbox(login.mxid), f"flush outbox {login.mxid}")
-            if previous is not None and previous.final:
+            if login.mxid in self._told_trouble:
+                self._told_trouble.discard(login.mxid)
                 await self._tell(login, "Connected to the gatekeeper again.")
         elif change.final:
             await self._tell(login, change.message)
+        elif change.code in TRANSIENT_EXPLANATIONS and login.mxid not in self._told_trouble:
+            # Said once per outage: a flapping connection must not flood the room.
+            self._told_trouble.add(login.mxid)
+            await self._tell(login, TRANSIENT_EXPLANATIONS[change.code].format(seconds=round(change.retry_in or 0)))
 
     async def _tell(self, login: Login, text: str) -> None:
         room = (await self.logins.get(login.mxid) or login).management_room

@@ -56,6 +56,7 @@ class ConnectionPolicy:
     prekey_batch: int = 100
     signed_pre_key_max_age_ms: int = 7 * DAY_MS
     old_signed_pre_key_grace_ms: int = 30 * DAY_MS
+    maintenance_interval: float = 6 * 3600.0
 
 
 class UserConnection:
@@ -144,11 +145,14 @@ class UserConnection:
             return exc.code, exc.retry_after
         self._attempt = 0
         await self._set(StateChange(ConnectionState.CONNECTED, None, "Connected to the gatekeeper."))
-        try:
-            await self._maintain_keys(store)
-        except GipError as exc:
-            log.warning("key maintenance for %s failed: %s", login.mxid, exc.code.value)
-        await self.client.closed.wait()
+        # Keys are checked at connect and then on a schedule, for connections that last.
+        while not self.client.closed.is_set():
+            try:
+                await self._maintain_keys(store)
+            except GipError as exc:
+                log.warning("key maintenance for %s failed: %s", login.mxid, exc.code.value)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self.client.closed.wait(), self._m.policy.maintenance_interval)
         return self.client.disconnect_code, None
 
     async def _maintain_keys(self, store: DbSignalStore) -> None:

@@ -251,3 +251,25 @@ async def test_signed_prekey_rotated_when_old(bridge: Bridge) -> None:
     assert stored.signed_pre_key_id == 2
     device = bridge.sandbox.gatekeeper.store.device(login.iid)
     assert device.spk_id == 2
+
+
+async def test_signed_prekey_rotated_on_a_schedule_while_connected(bridge: Bridge) -> None:
+    login = await bridge.login("@hank:example.org")
+    bridge.manager.policy = ConnectionPolicy(backoff_base=0.05, keepalive=0, maintenance_interval=0.2)
+    bridge.manager.connect(login)
+    await bridge.sink.wait_for(state_is(login.mxid, ConnectionState.CONNECTED))
+    assert (await LoginStore(bridge.db, bridge.sealer).get(login.mxid)).signed_pre_key_id == 1
+    # The key ages past the limit while the connection stays up.
+    bridge.manager.policy = ConnectionPolicy(
+        backoff_base=0.05, keepalive=0, maintenance_interval=0.2, signed_pre_key_max_age_ms=0
+    )
+    for _ in range(50):
+        if (await LoginStore(bridge.db, bridge.sealer).get(login.mxid)).signed_pre_key_id >= 2:
+            break
+        await asyncio.sleep(0.05)
+    bridge.manager.policy = ConnectionPolicy(backoff_base=0.05, keepalive=0, maintenance_interval=0.2)
+    await asyncio.sleep(0.5)  # let a rotation in progress finish
+    current = (await LoginStore(bridge.db, bridge.sealer).get(login.mxid)).signed_pre_key_id
+    assert current >= 2
+    assert bridge.sandbox.gatekeeper.store.device(login.iid).spk_id == current
+    assert bridge.manager.get(login.mxid).state is ConnectionState.CONNECTED

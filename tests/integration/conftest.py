@@ -40,18 +40,19 @@ class Stack:
         return user
 
 
-@pytest_asyncio.fixture(scope="session", loop_scope="session")
-async def stack(tmp_path_factory) -> AsyncIterator[Stack]:
-    root = tmp_path_factory.mktemp("stack")
+async def build_stack(root: Path, profile: str) -> tuple[Stack, str, str]:
+    """Everything an admin would run, on loopback: returns the stack, the Postgres admin
+    DSN and the database name (to drop afterwards)."""
     http = aiohttp.ClientSession()
     bridge_port, synapse_port = free_port(), free_port()
-    # A fresh Postgres database for the bridge.
     admin = server_dsn()
     database = f"dma_it_{uuid.uuid4().hex[:12]}"
     connection = await asyncpg.connect(admin)
     await connection.execute(f'CREATE DATABASE "{database}"')
     await connection.close()
-    sandbox = await start_sandbox(SimpleNamespace(base=f"http://127.0.0.1:{bridge_port}"), media_dir=root / "media")
+    sandbox = await start_sandbox(
+        SimpleNamespace(base=f"http://127.0.0.1:{bridge_port}"), media_dir=root / "media", profile=profile
+    )
     # The admin's steps: copy the example, edit it, generate the registration.
     config_path = root / "config.yaml"
     shutil.copy(EXAMPLE_PATH, config_path)
@@ -61,6 +62,8 @@ async def stack(tmp_path_factory) -> AsyncIterator[Stack]:
     data["appservice"]["address"] = f"http://127.0.0.1:{bridge_port}"
     data["appservice"]["port"] = bridge_port
     data["database"]["uri"] = admin.rsplit("/", 1)[0] + "/" + database
+    data["gatekeeper"]["profile"] = profile
+    data["gatekeeper"]["name"] = sandbox.gatekeeper.config.name
     data["gatekeeper"]["base_url"] = sandbox.base
     data["gatekeeper"]["jwks_url"] = f"{sandbox.base}/.well-known/jwks"
     data["partner"]["integrator_id"] = INTEGRATOR
@@ -74,11 +77,28 @@ async def stack(tmp_path_factory) -> AsyncIterator[Stack]:
     config, _ = load_config(config_path)
     bridge = BridgeApp(config)
     await bridge.start()
-    yield Stack(synapse, sandbox, bridge, http, config_path)
-    await bridge.stop()
-    synapse.stop()
-    await stop_sandbox(sandbox)
-    await http.close()
+    return Stack(synapse, sandbox, bridge, http, config_path), admin, database
+
+
+async def tear_down(stack: Stack, admin: str, database: str) -> None:
+    await stack.bridge.stop()
+    stack.synapse.stop()
+    await stop_sandbox(stack.sandbox)
+    await stack.http.close()
     connection = await asyncpg.connect(admin)
     await connection.execute(f'DROP DATABASE IF EXISTS "{database}" WITH (FORCE)')
     await connection.close()
+
+
+@pytest_asyncio.fixture(scope="session", loop_scope="session")
+async def stack(tmp_path_factory) -> AsyncIterator[Stack]:
+    built, admin, database = await build_stack(tmp_path_factory.mktemp("stack"), "whatsapp")
+    yield built
+    await tear_down(built, admin, database)
+
+
+@pytest_asyncio.fixture(scope="session", loop_scope="session")
+async def messenger_stack(tmp_path_factory) -> AsyncIterator[Stack]:
+    built, admin, database = await build_stack(tmp_path_factory.mktemp("messenger"), "messenger")
+    yield built
+    await tear_down(built, admin, database)
