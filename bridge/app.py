@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 
 import aiohttp
@@ -29,6 +30,7 @@ class BridgeApp:
         self.matrix: MatrixConnector | None = None
         self.core: BridgeCore | None = None
         self.connections: ConnectionManager | None = None
+        self._retry: asyncio.Task[None] | None = None
 
     async def start(self) -> None:
         config = self.config
@@ -73,9 +75,12 @@ class BridgeApp:
         await self.matrix.start()
         await self.connections.start()
         self.core.spawn(self.core.post_pending(), "post pending messages")
+        self._retry = asyncio.get_running_loop().create_task(self.core.retry_pending(), name="retry pending work")
         log.info("bridge running: %s on %s:%s", config.appservice_id, config.hostname, config.port)
 
     async def stop(self) -> None:
+        if self._retry is not None:
+            self._retry.cancel()
         if self.connections is not None:
             await self.connections.close()
         if self.matrix is not None:

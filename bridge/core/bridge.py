@@ -259,7 +259,21 @@ class BridgeCore:
 
     async def post_pending(self) -> None:
         for item in await self.inbox.pending():
-            await self.post(item)
+            try:
+                await self.post(item)
+            except Exception:
+                # The homeserver may be down: the item stays pending for the next round.
+                log.exception("could not post a stored message; will retry")
+
+    async def retry_pending(self, interval: float = 30.0) -> None:
+        """Forever: post what waits in the inbox and send what waits in the outbox, so that
+        a failure on either side is retried without waiting for a restart."""
+        while True:
+            await asyncio.sleep(interval)
+            await self.post_pending()
+            for item in await self.outbox.pending():
+                if self._client(item.receiver) is not None:
+                    await self._send(item)
 
     async def post(self, item: InboxItem) -> None:
         """Post one stored message to Matrix; on failure it stays pending for the next try."""
@@ -322,17 +336,35 @@ class BridgeCore:
 
     # ------------------------------------------------------------------ Matrix → gatekeeper
 
-    async def _portal_of(self, room_id: str, sender: str) -> tuple[Portal, Login] | None:
+    async def _portal_of(self, room_id: str, sender: str, event_id: str | None = None) -> tuple[Portal, Login] | None:
+        """The portal and its owner's login, when ``sender`` may bridge from this room.
+
+        For an event that cannot be bridged, the sender is told why (``event_id`` given).
+        """
         portal = await self.portals.by_room(room_id)
-        if portal is None or portal.receiver != sender:
+        if portal is None:
+            return None
+        if portal.receiver != sender:
+            if event_id is not None:
+                await self._status(
+                    room_id,
+                    event_id,
+                    SendStatus.FAIL_PERMANENT,
+                    "m.foreign_client",
+                    "Only the owner of this chat can write to the other side.",
+                )
             return None
         login = await self.logins.get(sender)
         if login is None or login.state is not LoginState.ENLISTED:
+            if event_id is not None:
+                text = f"You are not logged in to {self.network}; send `login` to the bridge bot."
+                await self._status(room_id, event_id, SendStatus.FAIL_PERMANENT, "com.beeper.not_logged_in", text)
+                await self.matrix.send_notice(room_id, f"⚠️ Not delivered: {text}")
             return None
         return portal, login
 
     async def handle_matrix_message(self, room_id: str, event_id: str, sender: str, content: dict[str, Any]) -> None:
-        found = await self._portal_of(room_id, sender)
+        found = await self._portal_of(room_id, sender, event_id)
         if found is None:
             return
         portal, login = found
@@ -362,7 +394,7 @@ class BridgeCore:
         await self._queue(login, portal, event_id, outgoing, remember=edit_of is None)
 
     async def handle_matrix_reaction(self, room_id: str, event_id: str, sender: str, target: str, key: str) -> None:
-        found = await self._portal_of(room_id, sender)
+        found = await self._portal_of(room_id, sender, event_id)
         if found is None:
             return
         portal, login = found
@@ -385,7 +417,7 @@ class BridgeCore:
         await self._queue(login, portal, event_id, outgoing, remember=False)
 
     async def handle_matrix_redaction(self, room_id: str, event_id: str, sender: str, redacts: str) -> None:
-        found = await self._portal_of(room_id, sender)
+        found = await self._portal_of(room_id, sender, event_id)
         if found is None:
             return
         portal, login = found

@@ -220,3 +220,58 @@ async def test_status_resolve_block_verify_and_delete_portal(stack: Stack) -> No
     )
     assert await stack.bridge.core.portals.by_room(portal) is None
     await alice.close()
+
+
+async def test_writing_after_logout_or_as_a_stranger_is_explained(stack: Stack) -> None:
+    alice, _, portal, _, _ = await chat(stack)
+    # A stranger in the room: their message cannot go to the other side.
+    carol = await stack.user()
+    await alice.client.invite_user(portal, carol.mxid)
+    await carol.wait_for(
+        lambda e: (
+            e.get("room_id") == portal
+            and e.get("type") == "m.room.member"
+            and e.get("state_key") == carol.mxid
+            and e["content"].get("membership") == "join"
+        )
+    )
+    stranger = await carol.say(portal, "hello?")
+    status = await carol.status_of(stranger, "FAIL_PERMANENT")
+    assert status["content"]["reason"] == "m.foreign_client"
+    # After a logout the portal says why nothing goes out.
+    await stack.bridge.core.logins.set_state(
+        alice.mxid, __import__("bridge.db.logins", fromlist=["x"]).LoginState.LOGGED_OUT
+    )
+    late = await alice.say(portal, "anyone?")
+    status = await alice.status_of(late, "FAIL_PERMANENT")
+    assert "not logged in" in status["content"]["message"]
+    await alice.notice(portal, "not logged in")
+    await alice.close()
+    await carol.close()
+
+
+async def test_a_message_that_failed_to_post_is_retried(stack: Stack) -> None:
+    alice, _, portal, native, iid = await chat(stack)
+    core = stack.bridge.core
+    original = core.matrix.send_message
+    failures = []
+
+    async def flaky(*args, **kwargs):
+        if not failures:
+            failures.append(1)
+            raise RuntimeError("the homeserver is briefly down")
+        return await original(*args, **kwargs)
+
+    core.matrix.send_message = flaky
+    try:
+        await stack.sandbox.control("POST", f"/natives/{native['iid']}/send", {"to": iid, "text": "eventually"})
+        for _ in range(100):
+            if failures:
+                break
+            await asyncio.sleep(0.05)
+        assert failures, "the first post failed"
+        await core.post_pending()  # what the periodic retry does
+        await alice.wait_for(lambda e: e.get("room_id") == portal and e["content"].get("body") == "eventually")
+    finally:
+        core.matrix.send_message = original
+    await alice.close()
