@@ -447,15 +447,16 @@ class BridgeCore:
         read_up_to = await self.messages.by_event(room_id, event_id)
         if read_up_to is None:
             return
-        unread = [
-            ref.gk_id
-            for ref in await self.messages.latest_from_peer_before(room_id, read_up_to.timestamp)
-            if await self.messages.record_receipt(login.mxid, portal.peer, ref.gk_id, "read")
-        ]
         client = self._client(login.mxid)
-        if unread and client is not None:
-            with contextlib.suppress(GipError):
-                await client.send_read(Jid.parse(portal.peer), unread)
+        if client is None:
+            return  # not recorded: read again once connected, the receipt still goes out
+        refs = await self.messages.unread_from_peer(login.mxid, portal.peer, room_id, read_up_to.timestamp)
+        unread = [ref.gk_id for ref in refs]
+        if not unread:
+            return
+        with contextlib.suppress(GipError):
+            await client.send_read(Jid.parse(portal.peer), unread)
+            await self.messages.record_receipts(login.mxid, portal.peer, unread, "read")
 
     async def handle_matrix_typing(self, room_id: str, sender: str, typing: bool) -> None:
         found = await self._portal_of(room_id, sender)

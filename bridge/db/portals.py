@@ -170,14 +170,28 @@ class MessageStore:
         row = await self._db.fetchrow("SELECT * FROM messages WHERE room_id = $1 AND event_id = $2", room_id, event_id)
         return _message(row) if row else None
 
-    async def latest_from_peer_before(self, room_id: str, timestamp: int) -> list[MessageRef]:
+    async def unread_from_peer(self, receiver: str, peer: str, room_id: str, up_to: int) -> list[MessageRef]:
+        """The peer's messages up to ``up_to`` that have no read receipt from us yet."""
         rows = await self._db.fetch(
-            "SELECT * FROM messages WHERE room_id = $1 AND from_me = $2 AND timestamp <= $3 ORDER BY timestamp",
+            "SELECT m.* FROM messages m LEFT JOIN receipts r ON r.receiver = m.receiver AND r.peer = m.peer"
+            " AND r.gk_id = m.gk_id AND r.kind = 'read'"
+            " WHERE m.receiver = $1 AND m.peer = $2 AND m.room_id = $3 AND m.from_me = $4 AND m.timestamp <= $5"
+            " AND r.gk_id IS NULL ORDER BY m.timestamp",
+            receiver,
+            peer,
             room_id,
             False,
-            timestamp,
+            up_to,
         )
         return [_message(r) for r in rows]
+
+    async def record_receipts(self, receiver: str, peer: str, gk_ids: list[str], kind: str) -> None:
+        now = int(time.time() * 1000)
+        await self._db.executemany(
+            "INSERT INTO receipts (receiver, peer, gk_id, kind, timestamp) VALUES ($1, $2, $3, $4, $5)"
+            " ON CONFLICT DO NOTHING",
+            [(receiver, peer, gk_id, kind, now) for gk_id in gk_ids],
+        )
 
     async def record_receipt(self, receiver: str, peer: str, gk_id: str, kind: str) -> bool:
         """Remember a receipt; False if it was already known."""

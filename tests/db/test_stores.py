@@ -281,3 +281,20 @@ async def test_inbox_accepts_each_message_once(db: Database) -> None:
     assert await inbox.pending() == []
     repeat, repeat_new = await inbox.accept(receiver=MXID, sender="1:2@native", gk_id="N1", kind="text", payload=b"hi")
     assert not repeat_new and repeat.state == "posted" and repeat.event_id == "$posted"
+
+
+async def test_unread_messages_and_receipts(db: Database) -> None:
+    from bridge.db.portals import MessageRef, MessageStore, PortalStore
+
+    await LoginStore(db, sealer()).insert(login())
+    await PortalStore(db).insert(MXID, "9@native", "!room:x", False)
+    messages = MessageStore(db)
+    for i, from_me in enumerate((False, True, False, False)):
+        await messages.put(MessageRef(MXID, "9@native", f"G{i}", from_me, "!room:x", f"$e{i}", 100 + i))
+    unread = await messages.unread_from_peer(MXID, "9@native", "!room:x", 102)
+    assert [m.gk_id for m in unread] == ["G0", "G2"]
+    await messages.record_receipts(MXID, "9@native", ["G0", "G2"], "read")
+    assert [m.gk_id for m in await messages.unread_from_peer(MXID, "9@native", "!room:x", 103)] == ["G3"]
+    await messages.record_receipts(MXID, "9@native", ["G2"], "read")  # repeats are harmless
+    assert await messages.record_receipt(MXID, "9@native", "G3", "delivered")
+    assert not await messages.record_receipt(MXID, "9@native", "G3", "delivered")
