@@ -93,3 +93,51 @@ def test_uris() -> None:
         create_database("mysql://x")
     with pytest.raises(ValueError, match=r"sqlite:///path/to/file\.db"):
         create_database("sqlite://relative.db")
+
+
+async def test_sqlite_group_commit_shares_commits_and_returns_only_when_durable(tmp_path) -> None:
+    import sqlite3
+
+    uri = f"sqlite:///{tmp_path / 'group.db'}"
+    await upgrade(uri)
+    db = create_database(uri)
+    await db.start()
+    try:
+        insert = "INSERT INTO puppets (iid, uvid, mxid, displayname) VALUES ($1, $2, $3, $4)"
+        await db.execute(insert, "first", "u", "@first:x", "d")
+        # Returned means committed: another connection already sees it.
+        other = sqlite3.connect(tmp_path / "group.db")
+        assert other.execute("SELECT count(*) FROM puppets").fetchone()[0] == 1
+        before = db.commits
+        await asyncio.gather(*(db.execute(insert, f"p{i}", "u", f"@p{i}:x", "d") for i in range(50)))
+        assert other.execute("SELECT count(*) FROM puppets").fetchone()[0] == 51
+        assert db.commits - before < 10, "concurrent writers share commits"
+        # INSERT … RETURNING goes through the same path.
+        row = await db.fetchrow(insert + " RETURNING iid", "returning", "u", "@r:x", "d")
+        assert row == {"iid": "returning"}
+        assert other.execute("SELECT count(*) FROM puppets WHERE iid = 'returning'").fetchone()[0] == 1
+        # A failing write fails alone; the others in its batch are kept.
+        results = await asyncio.gather(
+            db.execute(insert, "ok1", "u", "@ok1:x", "d"),
+            db.execute(insert, "first", "u", "@dup:x", "d"),  # primary key taken
+            db.execute(insert, "ok2", "u", "@ok2:x", "d"),
+            return_exceptions=True,
+        )
+        assert isinstance(results[1], Exception) and results[0] == 1 and results[2] == 1
+        assert other.execute("SELECT count(*) FROM puppets WHERE iid IN ('ok1', 'ok2')").fetchone()[0] == 2
+
+        # An explicit transaction stands alone and still rolls back as a whole.
+        async def failing() -> None:
+            async with db.transaction():
+                await db.execute(insert, "tx", "u", "@tx:x", "d")
+                raise RuntimeError("roll back")
+
+        pending = asyncio.ensure_future(db.execute(insert, "batched", "u", "@b:x", "d"))
+        with pytest.raises(RuntimeError, match="roll back"):
+            await failing()
+        await pending
+        assert other.execute("SELECT count(*) FROM puppets WHERE iid = 'tx'").fetchone()[0] == 0
+        assert other.execute("SELECT count(*) FROM puppets WHERE iid = 'batched'").fetchone()[0] == 1
+        other.close()
+    finally:
+        await db.close()
