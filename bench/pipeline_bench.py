@@ -20,7 +20,6 @@ import argparse
 import asyncio
 import itertools
 import os
-import subprocess
 import sys
 import tempfile
 import time
@@ -30,6 +29,7 @@ from typing import Any
 
 import aiohttp
 import asyncpg
+from aiohttp import web
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
@@ -45,8 +45,9 @@ from bridge.gatekeeper.connections import ConnectionManager, ConnectionPolicy
 from bridge.gatekeeper.enlistment import create_login, enlist
 from bridge.gatekeeper.state import ConnectionState
 from bridge.gatekeeper.tokens import TokenIssuer
+from bridge.gip.tokens import jwks_document
 from tests.postgres import server_dsn
-from tests.sandbox.harness import CONTROL_TOKEN, INTEGRATOR, free_port
+from tests.sandbox.harness import INTEGRATOR, free_port, spawn_sandbox_process
 
 
 class RecordingMatrix:
@@ -109,49 +110,21 @@ def bare_signal_cpu(count: int) -> float:
 
 
 async def pipeline_cpu(count: int, window: int, uri: str, workdir: Path) -> dict[str, float]:
-    bridge_port, sandbox_port = free_port(), free_port()
-    config_file = workdir / "sandbox.yaml"
-    config_file.write_text(
-        f"""server: {{host: 127.0.0.1, port: {sandbox_port}}}
-database: {workdir / "sandbox.db"}
-media_dir: {workdir / "media"}
-control_token: {CONTROL_TOKEN}
-integrators:
-  - {{id: {INTEGRATOR}, jwks_url: "http://127.0.0.1:{bridge_port}/.well-known/oauth/openid/jwks",
-      push_url: "http://127.0.0.1:{bridge_port}/push", media_base: "http://127.0.0.1:{bridge_port}/media"}}
-policies: {{rate_limits: {{messages_per_minute: 10000000}}}}
-"""
-    )
-    sandbox = subprocess.Popen(
-        [sys.executable, "-m", "bridge.sandbox", "-c", str(config_file)],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
+    bridge_port = free_port()
     http = aiohttp.ClientSession()
-    # The bridge's Partner JWKS must be reachable by the sandbox at enlistment.
-    from aiohttp import web
-
-    from bridge.gip.tokens import jwks_document
-
     await upgrade(uri)
     db = create_database(uri)
     await db.start()
     sealer = Sealer(os.urandom(32))
     key = await SecretStore(db, sealer).signing_key()
+    # The sandbox checks our tokens against the bridge's JWKS at enlistment.
     app = web.Application()
     app.add_routes([web.get("/.well-known/oauth/openid/jwks", lambda request: web.json_response(jwks_document([key])))])
     runner = web.AppRunner(app)
     await runner.setup()
     await web.TCPSite(runner, "127.0.0.1", bridge_port).start()
-    base = f"http://127.0.0.1:{sandbox_port}"
+    sandbox, base = await spawn_sandbox_process(workdir, f"http://127.0.0.1:{bridge_port}", http)
     try:
-        for _ in range(100):
-            try:
-                async with http.get(f"{base}/_sandbox/health") as response:
-                    if response.status == 200:
-                        break
-            except aiohttp.ClientError:
-                await asyncio.sleep(0.05)
         data = read_yaml(EXAMPLE_PATH)
         data["appservice"]["as_token"] = data["appservice"]["hs_token"] = "x" * 32
         data["encryption_at_rest"]["key"] = "A" * 43 + "="

@@ -17,7 +17,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
-import subprocess
 import sys
 import tempfile
 import time
@@ -31,15 +30,7 @@ from bridge.gip import stanzas as st
 from bridge.gip.client import MessageEvent, ReceiptEvent
 from bridge.gip.content import Content
 from bridge.gip.jid import Jid
-from tests.sandbox.harness import (
-    CONTROL_TOKEN,
-    INTEGRATOR,
-    Partner,
-    PartnerServer,
-    Sandbox,
-    free_port,
-    new_partner,
-)
+from tests.sandbox.harness import Partner, PartnerServer, Sandbox, new_partner, spawn_sandbox_process
 
 
 def cpu_seconds(pid: int) -> float:
@@ -50,35 +41,10 @@ def cpu_seconds(pid: int) -> float:
 async def run(count: int, window: int, workdir: Path) -> dict[str, float]:
     server = PartnerServer()
     await server.start()
-    port = free_port()
-    config = workdir / "sandbox.yaml"
-    config.write_text(
-        f"""server: {{host: 127.0.0.1, port: {port}}}
-profile: whatsapp
-database: {workdir / "sandbox.db"}
-media_dir: {workdir / "media"}
-control_token: {CONTROL_TOKEN}
-integrators:
-  - id: {INTEGRATOR}
-    jwks_url: {server.base}/.well-known/oauth/openid/jwks
-    push_url: {server.base}/push
-    media_base: {server.base}/media
-policies:
-  rate_limits: {{messages_per_minute: 1000000}}
-"""
-    )
-    command = [sys.executable, *(os.environ.get("SANDBOX_PREFIX", "").split()), "-m", "bridge.sandbox"]
-    process = subprocess.Popen([*command, "-c", str(config)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     http = aiohttp.ClientSession()
+    prefix = tuple(os.environ.get("SANDBOX_PREFIX", "").split())
+    process, base = await spawn_sandbox_process(workdir, server.base, http, prefix=prefix)
     try:
-        base = f"http://127.0.0.1:{port}"
-        for _ in range(100):
-            try:
-                async with http.get(f"{base}/_sandbox/health") as response:
-                    if response.status == 200:
-                        break
-            except aiohttp.ClientError:
-                await asyncio.sleep(0.05)
         sandbox = Sandbox(None, base, None, http)  # type: ignore[arg-type]
         alice: Partner = await new_partner(sandbox, server, keepalive=0)
         bob: Partner = await new_partner(sandbox, server, keepalive=0)

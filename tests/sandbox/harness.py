@@ -6,6 +6,8 @@ from __future__ import annotations
 import asyncio
 import itertools
 import socket
+import subprocess
+import sys
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -243,3 +245,42 @@ async def new_partner(
         if prekeys:
             await partner.client.upload_prekeys(generate_prekeys(100, prekeys))
     return partner
+
+
+async def spawn_sandbox_process(
+    workdir: Path, partner_base: str, http: aiohttp.ClientSession, *, prefix: tuple[str, ...] = ()
+) -> tuple[subprocess.Popen[bytes], str]:
+    """The sandbox as an admin runs it (its own process, a durable SQLite file), with the
+    Partner at ``partner_base``; returns once it answers."""
+    port = free_port()
+    config = workdir / "sandbox.yaml"
+    config.write_text(
+        f"""server: {{host: 127.0.0.1, port: {port}}}
+profile: whatsapp
+database: {workdir / "sandbox.db"}
+media_dir: {workdir / "media"}
+control_token: {CONTROL_TOKEN}
+integrators:
+  - id: {INTEGRATOR}
+    jwks_url: {partner_base}/.well-known/oauth/openid/jwks
+    push_url: {partner_base}/push
+    media_base: {partner_base}/media
+policies:
+  rate_limits: {{messages_per_minute: 100000000}}
+"""
+    )
+    process = subprocess.Popen(
+        [sys.executable, *prefix, "-m", "bridge.sandbox", "-c", str(config)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    base = f"http://127.0.0.1:{port}"
+    for _ in range(200):
+        try:
+            async with http.get(f"{base}/_sandbox/health") as response:
+                if response.status == 200:
+                    return process, base
+        except aiohttp.ClientError:
+            await asyncio.sleep(0.05)
+    process.kill()
+    raise RuntimeError("the sandbox did not start")
