@@ -34,6 +34,7 @@ from bridge.gip import stanzas as st
 from bridge.gip.client import (
     ChatStateEvent,
     Event,
+    GipClient,
     MessageEvent,
     NotificationEvent,
     ReceiptEvent,
@@ -272,7 +273,7 @@ class BridgeCore:
             await asyncio.sleep(interval)
             await self.post_pending()
             for item in await self.outbox.pending():
-                if self._client(item.receiver) is not None:
+                if self.client_for(item.receiver) is not None:
                     await self._send(item)
 
     async def post(self, item: InboxItem) -> None:
@@ -447,7 +448,7 @@ class BridgeCore:
         read_up_to = await self.messages.by_event(room_id, event_id)
         if read_up_to is None:
             return
-        client = self._client(login.mxid)
+        client = self.client_for(login.mxid)
         if client is None:
             return  # not recorded: read again once connected, the receipt still goes out
         refs = await self.messages.unread_from_peer(login.mxid, portal.peer, room_id, read_up_to.timestamp)
@@ -460,14 +461,15 @@ class BridgeCore:
 
     async def handle_matrix_typing(self, room_id: str, sender: str, typing: bool) -> None:
         found = await self._portal_of(room_id, sender)
-        client = self._client(sender)
+        client = self.client_for(sender)
         if found is None or client is None:
             return
         state = st.ChatState.COMPOSING if typing else st.ChatState.PAUSED
         with contextlib.suppress(GipError):
             await client.send_typing(Jid.parse(found[0].peer), state)
 
-    def _client(self, mxid: str):  # noqa: ANN202 - GipClient | None
+    def client_for(self, mxid: str) -> GipClient | None:
+        """The user's live gatekeeper client, or None while not connected."""
         connection = self.connections.get(mxid) if self.connections else None
         if connection is None or connection.client is None or not connection.client.connected:
             return None
@@ -513,7 +515,7 @@ class BridgeCore:
             current = await self.outbox.get(item.id)
             if current is None or current.state != "pending" or current.payload is None:
                 return
-            client = self._client(item.receiver)
+            client = self.client_for(item.receiver)
             if client is None:
                 await self._status(
                     item.room_id,

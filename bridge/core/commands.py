@@ -102,10 +102,6 @@ def explain(error: GipError, core: BridgeCore) -> str:
     }.get(error.code, f"The gatekeeper refused the request ({error.code.value}).")
 
 
-def _client_or_explain(ctx: Context):  # noqa: ANN202 - GipClient | None
-    return ctx.core._client(ctx.sender)
-
-
 async def dispatch(
     core: BridgeCore, state: CommandState, room_id: str, sender: str, text: str, portal: Portal | None
 ) -> None:
@@ -257,7 +253,7 @@ async def cancel_command(ctx: Context) -> None:
 @command("logout", "Opt out at the gatekeeper and erase your keys, sessions and chats here.", needs_login=True)
 async def logout_command(ctx: Context) -> None:
     core = ctx.core
-    client = _client_or_explain(ctx)
+    client = ctx.core.client_for(ctx.sender)
     if client is None:
         await ctx.reply("Not connected to the gatekeeper, so the opt-out cannot be sent now; try again in a moment.")
         return
@@ -292,7 +288,7 @@ async def _resolve(ctx: Context) -> Jid | None:
     if not ctx.args:
         await ctx.reply("Say whom: for example `start-chat +4915112345678`.")
         return None
-    client = _client_or_explain(ctx)
+    client = ctx.core.client_for(ctx.sender)
     if client is None:
         raise GipError(GipErrorCode.CLOSED, "not connected")
     return await client.lookup(ctx.args[0])
@@ -315,7 +311,7 @@ async def resolve_command(ctx: Context) -> None:
 
 
 async def _block(ctx: Context, blocked: bool) -> None:
-    client = _client_or_explain(ctx)
+    client = ctx.core.client_for(ctx.sender)
     if client is None:
         raise GipError(GipErrorCode.CLOSED, "not connected")
     if ctx.args:
