@@ -10,7 +10,7 @@ import signal
 import sys
 from pathlib import Path
 
-from bridge.config import ConfigError, generate_registration, load_config
+from bridge.config import BridgeConfig, ConfigError, generate_registration, load_config
 from bridge.matrix.connector import StartupError
 
 
@@ -37,7 +37,7 @@ def main() -> None:
         sys.exit(3)
 
 
-async def _run(config) -> None:  # noqa: ANN001 - BridgeConfig
+async def _run(config: BridgeConfig) -> None:
     from bridge.app import BridgeApp
 
     app = BridgeApp(config)

@@ -11,7 +11,7 @@ without namespace processing and lets every DTD construct be refused as it is se
 from __future__ import annotations
 
 import re
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from xml.parsers import expat
 
@@ -136,7 +136,7 @@ class _Builder:
         self.text.append(text)
 
 
-def _refuse(what: str):  # noqa: ANN202 - expat handler factory
+def _refuse(what: str) -> Callable[..., None]:
     def handler(*_args: object) -> None:
         raise GipError(GipErrorCode.BAD_REQUEST, f"{what} not allowed in a stanza")
 
