@@ -497,6 +497,8 @@ class GipClient:
         refresh = False
         for _ in range(MAX_409_RESENDS):
             devices = await self.get_devices(to, refresh=refresh)
+            if not devices.device_ids:
+                raise GipError(GipErrorCode.NOT_FOUND, "the recipient has no devices")
             participants = tuple([(d, await self._encrypt_for(d, plaintext)) for d in devices.devices()])
             message = st.OutgoingMessage(
                 stanza_id, to.bare, message_type, int(self._clock()), devices.hash, participants

@@ -98,7 +98,15 @@ class ChatConnection:
             raise GipError(GipErrorCode.BAD_REQUEST, f"unknown stanza <{node.tag}>")
 
     async def _message(self, node: Node) -> None:
-        message = st.OutgoingMessage.parse(node)
+        try:
+            message = st.OutgoingMessage.parse(node)
+        except GipError as exc:
+            stanza_id = node.get("id")
+            if not stanza_id or len(stanza_id) > st.MAX_ID_LENGTH:
+                raise
+            # Well-formed XML with wrong content: refuse this message, keep the connection.
+            await self.send(st.ack(stanza_id, "message", error=exc.code))
+            return
         async with self.gk.batch():
             ack, followups = await self.gk.accept_message(self.user, message)
         # Committed: only now is the message acknowledged.

@@ -116,3 +116,20 @@ async def test_text_frame_and_garbage_handshake_are_refused(sandbox: Sandbox, pa
         assert first.tag == "failure"
         assert first.attrs["reason"] == "405"
     await bystander.client.ping()
+
+
+async def test_a_wrong_message_is_refused_alone_and_the_connection_stays(
+    sandbox: Sandbox, partner_server: PartnerServer
+) -> None:
+    from bridge.gip.stanza import Node
+
+    alice = await new_partner(sandbox, partner_server)
+    native = await sandbox.native()
+    bob = Jid.parse(native["iid"])
+    wrong = Node(
+        "message", {"id": "W1", "to": str(bob), "type": "sticker", "t": "1", "phash": "x"}, [Node("participants")]
+    )
+    ack = await alice.client._await(("ack", "W1"), wrong)
+    assert ack.attrs["error"] == "400"
+    await alice.client.ping()
+    await alice.client.send_message(bob, Content(text="still fine"))
