@@ -274,6 +274,25 @@ async def logout_command(ctx: Context) -> None:
     )
 
 
+@command(
+    "reconnect", "Connect to the gatekeeper again now (after another connection took over, say).", needs_login=True
+)
+async def reconnect_command(ctx: Context) -> None:
+    core = ctx.core
+    assert core.connections is not None
+    assert ctx.login is not None
+    await core.connections.disconnect(ctx.sender)
+    core.states.pop(ctx.sender, None)
+    core.connections.connect(ctx.login)
+    for _ in range(int(CONNECT_WAIT * 10)):
+        change = core.states.get(ctx.sender)
+        if change is not None and (change.state is ConnectionState.CONNECTED or change.final):
+            break
+        await asyncio.sleep(0.1)
+    change = core.states.get(ctx.sender)
+    await ctx.reply(change.message if change else "Still connecting to the gatekeeper; send `status` in a moment.")
+
+
 @command("status", "Show whether you are logged in and connected.", aliases=("ping",))
 async def status_command(ctx: Context) -> None:
     if ctx.login is None:

@@ -275,3 +275,28 @@ async def test_a_message_that_failed_to_post_is_retried(stack: Stack) -> None:
     finally:
         core.matrix.send_message = original
     await alice.close()
+
+
+async def test_reconnect_takes_the_connection_back(stack: Stack) -> None:
+    alice = await stack.user()
+    room = await log_in(stack, alice)
+    login = await stack.bridge.core.logins.get(alice.mxid)
+    # Another client of the same user takes over: the bridge's connection gets 409.
+    from bridge.gip.client import GipClient
+    from bridge.gip.noise import StaticKey
+
+    store = stack.bridge.core.connections.get(alice.mxid).client.store
+    intruder = GipClient(
+        base_url=stack.sandbox.base,
+        store=store,
+        noise_static=StaticKey.from_private(login.noise_private),
+        iid=login.iid,
+        keepalive=0,
+    )
+    await intruder.connect(stack.bridge.core.connections.tokens.for_login(login))
+    await alice.notice(room, "Another connection for your account took over")
+    await alice.say(room, "reconnect")
+    await alice.notice(room, "Connected to the gatekeeper")
+    await intruder.closed.wait()
+    await intruder.close()
+    await alice.close()
