@@ -142,12 +142,16 @@ def routes(gk: Gatekeeper) -> list[web.RouteDef]:
 
         return wrapped
 
-    def native(request: web.Request) -> str:
+    def user_of(request: web.Request, kind: str) -> str:
+        """The ``{iid}`` of the path, which must be a user of this kind."""
         iid = request.match_info["iid"]
         user = gk.store.user(iid)
-        if user is None or user.kind != "native":
-            raise GipError(GipErrorCode.NOT_FOUND, "no such native user")
+        if user is None or user.kind != kind:
+            raise GipError(GipErrorCode.NOT_FOUND, f"no such {'native' if kind == 'native' else 'Partner'} user")
         return iid
+
+    def native(request: web.Request) -> str:
+        return user_of(request, "native")
 
     async def create_native(request: web.Request) -> web.Response:
         data = await _json(request)
@@ -258,11 +262,7 @@ def routes(gk: Gatekeeper) -> list[web.RouteDef]:
         return web.json_response({"ok": True, **result})
 
     def partner(request: web.Request) -> str:
-        iid = request.match_info["iid"]
-        user = gk.store.user(iid)
-        if user is None or user.kind != "partner":
-            raise GipError(GipErrorCode.NOT_FOUND, "no such Partner user")
-        return iid
+        return user_of(request, "partner")
 
     async def get_partner(request: web.Request) -> web.Response:
         iid = request.match_info["iid"]

@@ -93,16 +93,19 @@ async def _establish(store: DbSignalStore, peer: LocalParty) -> None:
     assert (await cipher.decrypt(MessageType(reply_type), reply)).plaintext == b"hi back"
 
 
-async def _signal_store(db: Database, row: Login) -> DbSignalStore:
-    return DbSignalStore(db, sealer(), row.mxid, row.identity, row.registration_id)
-
-
-async def test_signal_store_in_a_conversation_and_across_a_restart(db: Database, db_uri: str) -> None:
+async def _device(db: Database) -> tuple[LoginStore, Login, DbSignalStore, SignedPreKeyRecord]:
+    """A stored login with its Signal store and a signed prekey."""
     logins = LoginStore(db, sealer())
     row = login()
     await logins.insert(row)
-    store = await _signal_store(db, row)
-    await store.store_signed_pre_key(SignedPreKeyRecord.generate(row.identity, 1, 5))
+    store = DbSignalStore(db, sealer(), row.mxid, row.identity, row.registration_id)
+    signed = SignedPreKeyRecord.generate(row.identity, 1, 5)
+    await store.store_signed_pre_key(signed)
+    return logins, row, store, signed
+
+
+async def test_signal_store_in_a_conversation_and_across_a_restart(db: Database, db_uri: str) -> None:
+    _, _, store, _ = await _device(db)
     await store.store_pre_keys(generate_prekeys(1, 3))
     assert await store.count_pre_keys() == 3
     peer = LocalParty("+4915112345678", 9)
@@ -113,7 +116,7 @@ async def test_signal_store_in_a_conversation_and_across_a_restart(db: Database,
     await again.start()
     try:
         reloaded = await LoginStore(again, sealer()).get(MXID)
-        restarted = await _signal_store(again, reloaded)
+        restarted = DbSignalStore(again, sealer(), reloaded.mxid, reloaded.identity, reloaded.registration_id)
         cipher = SessionCipher(restarted, ProtocolAddress(peer.name, 1))
         for i in range(3):
             message = await cipher.encrypt(b"after restart %d" % i)
@@ -126,12 +129,7 @@ async def test_signal_store_in_a_conversation_and_across_a_restart(db: Database,
 
 
 async def test_peer_prekey_message_consumes_our_one_time_prekey(db: Database) -> None:
-    logins = LoginStore(db, sealer())
-    row = login()
-    await logins.insert(row)
-    store = await _signal_store(db, row)
-    signed = SignedPreKeyRecord.generate(row.identity, 1, 5)
-    await store.store_signed_pre_key(signed)
+    _, row, store, signed = await _device(db)
     [opk] = generate_prekeys(40, 1)
     await store.store_pre_key(opk)
     peer = LocalParty("peer", 3)
@@ -183,12 +181,7 @@ async def _all_bytes(db: Database) -> bytes:
 
 
 async def test_no_key_material_or_plaintext_in_any_row(db: Database) -> None:
-    logins = LoginStore(db, sealer())
-    row = login()
-    await logins.insert(row)
-    store = await _signal_store(db, row)
-    signed = SignedPreKeyRecord.generate(row.identity, 1, 5)
-    await store.store_signed_pre_key(signed)
+    _, row, store, signed = await _device(db)
     prekeys = generate_prekeys(1, 2)
     await store.store_pre_keys(prekeys)
     peer = LocalParty("peer", 3)
@@ -215,12 +208,8 @@ async def test_no_key_material_or_plaintext_in_any_row(db: Database) -> None:
 
 
 async def test_erasing_a_login_leaves_no_row(db: Database) -> None:
-    logins = LoginStore(db, sealer())
-    row = login()
-    await logins.insert(row)
+    logins, _, store, _ = await _device(db)
     await logins.insert(login("@bob:example.org"))
-    store = await _signal_store(db, row)
-    await store.store_signed_pre_key(SignedPreKeyRecord.generate(row.identity, 1, 5))
     await store.store_pre_keys(generate_prekeys(1, 2))
     await _establish(store, LocalParty("peer", 3))
     await db.execute(
