@@ -85,6 +85,20 @@ def _copy_comments(source: CommentedMap, target: CommentedMap) -> None:
 
 
 @dataclass(frozen=True)
+class EncryptionConfig:
+    """``bridge.encryption``: end-to-bridge encryption of portal rooms."""
+
+    allow: bool = False
+    default: bool = False
+    msc4190: bool = True
+    self_sign: bool = True
+    key_wait_seconds: float = 20.0
+    late_key_hours: float = 24.0
+    rotation_messages: int = 100
+    rotation_ms: int = 7 * 24 * 3600 * 1000
+
+
+@dataclass(frozen=True)
 class BridgeConfig:
     homeserver_address: str
     homeserver_domain: str
@@ -111,6 +125,7 @@ class BridgeConfig:
     at_rest_key: bytes
     permissions: dict[str, PermissionLevel]
     log_level: str
+    encryption: EncryptionConfig = EncryptionConfig()
 
     @property
     def bot_mxid(self) -> str:
@@ -209,6 +224,7 @@ def parse_config(data: Any, *, require_tokens: bool = True) -> BridgeConfig:
     if max_connections < 1:
         raise ConfigError("database.max_connections: must be at least 1")
     return BridgeConfig(
+        encryption=_encryption(data),
         homeserver_address=_url(data, "homeserver.address"),
         homeserver_domain=_get(data, "homeserver.domain", str),
         verify_ssl=_get(data, "homeserver.verify_ssl", bool),
@@ -234,6 +250,33 @@ def parse_config(data: Any, *, require_tokens: bool = True) -> BridgeConfig:
         at_rest_key=key,
         permissions=permissions,
         log_level=level,
+    )
+
+
+def _encryption(data: Any) -> EncryptionConfig:
+    allow = _get(data, "bridge.encryption.allow", bool)
+    default = _get(data, "bridge.encryption.default", bool)
+    if default and not allow:
+        raise ConfigError("bridge.encryption.default: cannot be true while bridge.encryption.allow is false")
+    wait = _get(data, "bridge.encryption.key_wait_seconds", (int, float))
+    late = _get(data, "bridge.encryption.late_key_hours", (int, float))
+    if isinstance(wait, bool) or not 0 < wait <= 600:
+        raise ConfigError("bridge.encryption.key_wait_seconds: must be between 0 and 600")
+    if isinstance(late, bool) or late < 0:
+        raise ConfigError("bridge.encryption.late_key_hours: must not be negative")
+    messages = _get(data, "bridge.encryption.rotation.messages", int)
+    milliseconds = _get(data, "bridge.encryption.rotation.milliseconds", int)
+    if messages < 1 or milliseconds < 60_000:
+        raise ConfigError("bridge.encryption.rotation: at least 1 message and 60000 milliseconds")
+    return EncryptionConfig(
+        allow=allow,
+        default=default,
+        msc4190=_get(data, "bridge.encryption.msc4190", bool),
+        self_sign=_get(data, "bridge.encryption.self_sign", bool),
+        key_wait_seconds=float(wait),
+        late_key_hours=float(late),
+        rotation_messages=messages,
+        rotation_ms=milliseconds,
     )
 
 
@@ -295,5 +338,11 @@ def generate_registration(path: Path, registration: Path, example: Path = EXAMPL
         "de.sorunome.msc2409.push_ephemeral": True,
         "receive_ephemeral": True,
     }
+    if config.encryption.allow:
+        # To-device events, device lists and one-time key counts in transactions (MSC3202),
+        # and the bridge's own device managed by the bridge (MSC4190).
+        document["org.matrix.msc3202"] = True
+        if config.encryption.msc4190:
+            document["io.element.msc4190"] = True
     registration.write_text(dump_yaml(document))
     return config

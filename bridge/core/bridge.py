@@ -159,9 +159,9 @@ class BridgeCore:
                 name=puppet.displayname,
                 topic=f"{self.network} chat with {puppet.displayname}, bridged by matrix-dma-bridge",
                 info=self.bridge_info(login, peer),
-                encrypted=False,
+                encrypted=self.config.encryption.default,
             )
-            portal = await self.portals.insert(login.mxid, peer, room_id, False)
+            portal = await self.portals.insert(login.mxid, peer, room_id, self.config.encryption.default)
             return portal, puppet
 
     # ------------------------------------------------------------------ the connection sink
@@ -351,7 +351,7 @@ class BridgeCore:
                     room_id,
                     event_id,
                     SendStatus.FAIL_PERMANENT,
-                    "m.foreign_client",
+                    "m.no_permission",
                     "Only the owner of this chat can write to the other side.",
                 )
             return None
@@ -359,7 +359,7 @@ class BridgeCore:
         if login is None or login.state is not LoginState.ENLISTED:
             if event_id is not None:
                 text = f"You are not logged in to {self.network}; send `login` to the bridge bot."
-                await self._status(room_id, event_id, SendStatus.FAIL_PERMANENT, "com.beeper.not_logged_in", text)
+                await self._status(room_id, event_id, SendStatus.FAIL_PERMANENT, "m.no_permission", text)
                 await self.matrix.send_notice(room_id, f"⚠️ Not delivered: {text}")
             return None
         return portal, login
@@ -521,7 +521,7 @@ class BridgeCore:
                     item.room_id,
                     item.event_id,
                     SendStatus.PENDING,
-                    "com.beeper.no_connection",
+                    "m.foreign_network_error",
                     "Waiting for the connection to the gatekeeper; it will be sent then.",
                 )
                 return
@@ -554,7 +554,8 @@ class BridgeCore:
             await self.matrix.send_notice(item.room_id, f"⚠️ Not delivered: {text}")
         elif exc.retry_after:
             self.spawn(self._retry_later(item, exc.retry_after), f"retry {item.id}")
-        await self._status(item.room_id, item.event_id, status, f"com.beeper.gatekeeper.{exc.code.value}", text)
+        reason = "m.no_permission" if exc.code is GipErrorCode.FORBIDDEN else "m.foreign_network_error"
+        await self._status(item.room_id, item.event_id, status, reason, text)
 
     async def _retry_later(self, item: OutboxItem, delay: int) -> None:
         await asyncio.sleep(min(delay, 300))

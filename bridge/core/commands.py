@@ -387,4 +387,20 @@ async def delete_portal_command(ctx: Context) -> None:
         await ctx.core.matrix.leave_portal(ctx.portal.room_id, puppet.mxid, ctx.sender)
 
 
+@command("encrypt", "Turn on end-to-end encryption in this chat's room (it cannot be turned off).", needs_login=True)
+async def encrypt_command(ctx: Context) -> None:
+    if ctx.portal is None or ctx.portal.room_id is None:
+        await ctx.reply("Send `encrypt` in the chat room you want to encrypt.")
+        return
+    if not ctx.core.config.encryption.allow:
+        await ctx.reply("Encryption is turned off on this bridge (bridge.encryption.allow); ask its admin.")
+        return
+    if ctx.portal.encrypted:
+        await ctx.reply("This room is already encrypted.")
+        return
+    await ctx.core.matrix.enable_encryption(ctx.portal.room_id)
+    await ctx.core.portals.set_encrypted(ctx.portal)
+    await ctx.reply("🔒 This room is encrypted now; new messages are end-to-end encrypted up to the bridge.")
+
+
 COMMANDS["login"] = Command("login", "Enlist your account with the gatekeeper (asks for your consent).", _start_login)  # type: ignore[arg-type]

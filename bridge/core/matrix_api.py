@@ -63,6 +63,10 @@ class MatrixAPI(Protocol):
         """The message send status of a Matrix event the bridge handled."""
         ...
 
+    async def enable_encryption(self, room_id: str) -> None:
+        """Turn on Megolm encryption in a room (m.room.encryption, sent by the bot)."""
+        ...
+
     async def leave_portal(self, room_id: str, puppet: str, receiver: str) -> None:
         """Tear a portal down: the puppet and the bot leave, the receiver is removed."""
         ...

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from dataclasses import dataclass
 
@@ -102,6 +103,12 @@ class PortalStore:
             now,
         )
         return self._remember(Portal(receiver, peer, room_id, encrypted, now))
+
+    async def set_encrypted(self, portal: Portal) -> Portal:
+        await self._db.execute(
+            "UPDATE portals SET encrypted = $3 WHERE receiver = $1 AND peer = $2", portal.receiver, portal.peer, True
+        )
+        return self._remember(dataclasses.replace(portal, encrypted=True))
 
     async def delete(self, receiver: str, peer: str) -> None:
         portal = self._by_key.pop((receiver, peer), None)

@@ -4,20 +4,29 @@ Event handlers run synchronously within the homeserver's transaction: they only 
 what they must (the outbox write is idempotent by event id), so a failure fails the
 transaction and the homeserver sends it again, rather than an event being acknowledged
 and lost. Sending to the gatekeeper and running commands happen beside the transaction.
+
+In encrypted rooms every message event the bridge posts is Megolm-encrypted; when that is
+impossible the send fails, it never goes out in plaintext. An event whose room key has not
+arrived is kept (as ciphertext) and bridged when the key comes; see ``_encrypted``.
 """
 
 from __future__ import annotations
 
+import asyncio
+import base64
+import hashlib
+import hmac
+import json
 import logging
 import re
+import time
 from typing import Any
 
 from aiohttp import web
 from mautrix.appservice import AppService
-from mautrix.appservice.state_store import ASStateStore
-from mautrix.client.state_store.memory import MemoryStateStore
-from mautrix.errors import MatrixError
+from mautrix.errors import DecryptionError, MatrixError, SessionNotFound
 from mautrix.types import (
+    EncryptedEvent,
     EventType,
     Format,
     Membership,
@@ -27,7 +36,9 @@ from mautrix.types import (
     ReceiptEvent,
     ReceiptType,
     RedactionEvent,
+    RoomEncryptionStateEventContent,
     RoomID,
+    SessionID,
     StateEvent,
     TextMessageEventContent,
     TypingEvent,
@@ -37,27 +48,40 @@ from mautrix.types import (
 from bridge.config import BridgeConfig
 from bridge.core.bridge import BridgeCore
 from bridge.core.commands import CommandState, dispatch
-from bridge.core.matrix_api import BridgeInfo, StatusReport
+from bridge.core.matrix_api import BridgeInfo, SendStatus, StatusReport
+from bridge.db.undecrypted import UndecryptedStore
+
+from .e2ee import Encryption, EncryptionSetupError
+from .stores import BridgeStateStore, MautrixDatabases
 
 log = logging.getLogger(__name__)
 STATUS_EVENT = EventType.find("com.beeper.message_send_status", EventType.Class.MESSAGE)
 BRIDGE_STATE = ("m.bridge", "uk.half-shot.bridge")
 COMMAND_PREFIX = "!dma"
+UNDECRYPTABLE = "com.beeper.undecryptable_event"
+MEGOLM = "m.megolm.v1.aes-sha2"
 
 
 class StartupError(Exception):
     """Start-up cannot go on; the message says what to fix."""
 
 
-class _StateStore(MemoryStateStore, ASStateStore):
-    def __init__(self) -> None:
-        MemoryStateStore.__init__(self)
-        ASStateStore.__init__(self)
+class EncryptionUnavailable(Exception):
+    """A message for an encrypted room that the bridge cannot encrypt; it is not sent."""
+
+
+def pickle_key(at_rest_key: bytes) -> str:
+    """The key that seals the Olm account and sessions in the crypto store, derived from
+    the at-rest key so that the database alone never opens them."""
+    digest = hmac.new(at_rest_key, b"matrix-dma-bridge olm pickle key", hashlib.sha256).digest()
+    return base64.b64encode(digest).decode()
 
 
 class MatrixConnector:
     def __init__(self, config: BridgeConfig, routes: list[web.RouteDef]) -> None:
         self.config = config
+        self.databases = MautrixDatabases(config.database_uri)
+        self.state_store = BridgeStateStore(self.databases.state)
         self.az = AppService(
             server=config.homeserver_address,
             domain=config.homeserver_domain,
@@ -65,8 +89,9 @@ class MatrixConnector:
             hs_token=config.hs_token,
             bot_localpart=config.bot_username,
             id=config.appservice_id,
-            state_store=_StateStore(),
+            state_store=self.state_store,
             ephemeral_events=True,
+            encryption_events=config.encryption.allow,
             verify_ssl=config.verify_ssl,
         )
         self.az.synchronous_handlers = True
@@ -79,11 +104,38 @@ class MatrixConnector:
         self.commands = CommandState()
         self._management_rooms: set[str] = set()
         self._typing: dict[str, set[str]] = {}
+        self.e2ee: Encryption | None = None
+        self._undecrypted: UndecryptedStore | None = None
+        self._expiry: asyncio.Task[None] | None = None
+
+    @property
+    def undecrypted(self) -> UndecryptedStore:
+        assert self._undecrypted is not None, "used before start()"
+        return self._undecrypted
 
     # ------------------------------------------------------------------ lifecycle
 
     async def start(self) -> None:
-        """Listen first (the homeserver may call at once), then check it can reach us."""
+        """Listen first (the homeserver may call at once), then check it can reach us; with
+        encryption, the crypto handlers are in place before the listener starts, since the
+        homeserver drops to-device events it cannot deliver."""
+        assert self.core is not None
+        self._undecrypted = UndecryptedStore(self.core.db)
+        try:
+            await self.databases.start()
+        except Exception as exc:
+            raise StartupError(f"database.uri: cannot prepare the Matrix state and crypto tables: {exc}") from exc
+        if self.config.encryption.allow:
+            self.e2ee = Encryption(
+                self.config,
+                self.az,
+                self.state_store,
+                self.databases.crypto,
+                pickle_key(self.config.at_rest_key),
+                self.is_puppet,
+            )
+            self.e2ee.install_handlers()
+            self.e2ee.olm.on_session = self._session_arrived
         await self.az.start(self.config.hostname, self.config.port)
         try:
             await self.az.intent.ensure_registered()
@@ -102,25 +154,45 @@ class MatrixConnector:
                 f"the homeserver cannot reach the bridge at {self.config.appservice_address} ({exc}). Check "
                 "appservice.address in the config and the url in registration.yaml, and that nothing blocks it."
             ) from exc
+        if self.e2ee is not None:
+            try:
+                await self.e2ee.start()
+                await self.e2ee.check_pushes()
+            except EncryptionSetupError as exc:
+                await self.stop()
+                raise StartupError(f"bridge.encryption: {exc}") from exc
+            log.info("end-to-bridge encryption ready; the bridge's device is %s", self.e2ee.device_id)
+            self._expiry = asyncio.get_running_loop().create_task(self._expire_undecrypted(), name="late keys")
+            for item in await self.undecrypted.all():
+                self.core.spawn(self._retry_undecrypted(item.event_id), f"retry {item.event_id}")
 
     async def stop(self) -> None:
+        if self._expiry is not None:
+            self._expiry.cancel()
         await self.az.stop()
+        if self.e2ee is not None:
+            await self.e2ee.stop()
+        await self.databases.stop()
 
     # ------------------------------------------------------------------ events from Matrix
 
+    def is_puppet(self, user: str) -> bool:
+        return bool(self._puppet_pattern.match(user))
+
     def _ours(self, user: str) -> bool:
-        return (
-            user == self.bot_mxid
-            or self.az.intent.user(UserID(user)).mxid != user
-            or user.startswith("@" + self.config.username_template.split("{uvid}")[0])
-        )
+        return user == self.bot_mxid or self.is_puppet(user)
 
     async def _handle(self, evt: Any) -> None:
         core = self.core
         if core is None:
             return
-        if isinstance(evt, StateEvent) and evt.type == EventType.ROOM_MEMBER:
-            await self._member(evt)
+        if isinstance(evt, StateEvent):
+            await self.state_store.update_state(evt)
+            if evt.type == EventType.ROOM_MEMBER:
+                if self.e2ee is not None:
+                    await self.e2ee.handle_member(evt)
+                await self._member(evt)
+            return
         elif isinstance(evt, ReceiptEvent):
             for event_id, receipts in evt.content.items():
                 for user in receipts.get(ReceiptType.READ, {}):
@@ -136,6 +208,8 @@ class MatrixConnector:
                 await core.handle_matrix_typing(evt.room_id, user, False)
         elif self._ours(getattr(evt, "sender", "")):
             return
+        elif isinstance(evt, EncryptedEvent):
+            await self._encrypted(evt)
         elif isinstance(evt, MessageEvent) and evt.type == EventType.ROOM_MESSAGE:
             await self._message(evt)
         elif isinstance(evt, ReactionEvent):
@@ -147,6 +221,7 @@ class MatrixConnector:
     async def _member(self, evt: StateEvent) -> None:
         if evt.state_key == self.bot_mxid and evt.content.membership == Membership.INVITE:
             await self.az.intent.join_room(evt.room_id)
+            await self._load_room_state(evt.room_id)
             members = await self.az.intent.get_joined_members(evt.room_id)
             if len(members) <= 2 and self.core is not None and not await self.core.portals.by_room(evt.room_id):
                 self._management_rooms.add(evt.room_id)
@@ -171,6 +246,159 @@ class MatrixConnector:
         text = body.removeprefix(COMMAND_PREFIX).strip() if is_command else body
         core.spawn(dispatch(core, self.commands, evt.room_id, evt.sender, text, portal), f"command {evt.event_id}")
 
+    async def _load_room_state(self, room_id: RoomID) -> None:
+        """The state of a room the bot just joined: events from before the join (the room's
+        encryption above all) never come in a transaction."""
+        for state in await self.az.intent.get_state(room_id):
+            await self.state_store.update_state(state)
+        if not await self.state_store.knows_encryption(room_id):
+            await self.state_store.set_unencrypted(room_id)
+
+    # ------------------------------------------------------------------ encrypted events
+
+    async def _encrypted(self, evt: EncryptedEvent) -> None:
+        """Decrypt and handle as if it came in plaintext; without the room key yet, keep the
+        ciphertext, say so, and wait for the key beside the transaction (the key comes in a
+        later transaction, which this one would otherwise hold up)."""
+        if self.e2ee is None:
+            await self._undecryptable(
+                evt,
+                SendStatus.FAIL_PERMANENT,
+                "This bridge is not set up for encrypted rooms, so your message was not delivered. Ask the "
+                "bridge's admin to turn on bridge.encryption, or use an unencrypted room.",
+            )
+            return
+        try:
+            decrypted = await self.e2ee.decrypt(evt)
+        except SessionNotFound as exc:
+            if await self.undecrypted.add(evt.event_id, evt.room_id, exc.session_id, json.dumps(evt.serialize())):
+                await self._undecryptable(
+                    evt,
+                    SendStatus.FAIL_RETRIABLE,
+                    "The bridge has not received the key for this message yet; it is waiting for it.",
+                    notice=False,
+                )
+                assert self.core is not None
+                self.core.spawn(self._await_key(evt, SessionID(exc.session_id)), f"key for {evt.event_id}")
+            return
+        except DecryptionError as exc:
+            log.warning("could not decrypt %s in %s: %s", evt.event_id, evt.room_id, type(exc).__name__)
+            await self._undecryptable(
+                evt,
+                SendStatus.FAIL_PERMANENT,
+                "The bridge could not decrypt this message, so it was not delivered. Send it again; if this "
+                "keeps happening, sign out of the device you sent it from and in again.",
+            )
+            return
+        await self._handle(decrypted)
+
+    async def _undecryptable(self, evt: EncryptedEvent, status: SendStatus, text: str, notice: bool = True) -> None:
+        await self.send_status(evt.room_id, evt.event_id, StatusReport(status, UNDECRYPTABLE, text))
+        if notice:
+            await self.send_notice(evt.room_id, f"⚠️ {text}")
+
+    async def _await_key(self, evt: EncryptedEvent, session_id: SessionID) -> None:
+        assert self.e2ee is not None
+        wait = self.config.encryption.key_wait_seconds
+        if await self.e2ee.wait_for_key(evt, session_id, wait):
+            await self._retry_undecrypted(evt.event_id)
+            return
+        item = await self.undecrypted.get(evt.event_id)
+        if item is None:
+            return  # bridged meanwhile
+        hours = self.config.encryption.late_key_hours
+        text = (
+            "Your message has not been delivered: the bridge never received its decryption key from your device. "
+            f"It goes out by itself if the key still arrives in the next {hours:g} hours (keep the device you sent "
+            "it from online). Otherwise send it again, and if this keeps happening, verify that device or sign in "
+            "again."
+        )
+        await self.send_status(evt.room_id, evt.event_id, StatusReport(SendStatus.FAIL_RETRIABLE, UNDECRYPTABLE, text))
+        notice = await self.send_notice(evt.room_id, f"⚠️ {text}")
+        await self.undecrypted.noticed(evt.event_id, notice)
+
+    def _session_arrived(self, session_id: SessionID) -> None:
+        assert self.core is not None
+        self.core.spawn(self._retry_session(session_id), f"late key {session_id}")
+
+    async def _retry_session(self, session_id: SessionID) -> None:
+        for item in await self.undecrypted.for_session(session_id):
+            await self._retry_undecrypted(item.event_id)
+
+    async def _retry_undecrypted(self, event_id: str) -> None:
+        """Bridge a kept event if its key is here now; exactly once, whoever calls first."""
+        assert self.e2ee is not None
+        item = await self.undecrypted.get(event_id)
+        if item is None:
+            return
+        evt = EncryptedEvent.deserialize(json.loads(item.event))
+        try:
+            decrypted = await self.e2ee.decrypt(evt)
+        except SessionNotFound:
+            return  # still waiting
+        except DecryptionError as exc:
+            log.warning("could not decrypt %s after its key came: %s", event_id, type(exc).__name__)
+            if await self.undecrypted.remove(event_id):
+                await self._undecryptable(
+                    evt, SendStatus.FAIL_PERMANENT, "The bridge could not decrypt this message; send it again."
+                )
+            return
+        if not await self.undecrypted.remove(event_id):
+            return
+        if item.notice_event_id:
+            try:
+                await self.az.intent.redact(RoomID(item.room_id), item.notice_event_id, "The key arrived.")
+            except MatrixError:
+                log.info("could not remove the missing-key notice in %s", item.room_id)
+        await self._handle(decrypted)
+
+    async def _expire_undecrypted(self) -> None:
+        """Hourly: events whose key never came are given up, and their senders told."""
+        while True:
+            cutoff = int((time.time() - self.config.encryption.late_key_hours * 3600) * 1000)
+            for item in await self.undecrypted.expire(cutoff):
+                text = "The key for this message never arrived, so it was not delivered. Send it again."
+                report = StatusReport(SendStatus.FAIL_PERMANENT, UNDECRYPTABLE, text)
+                await self.send_status(item.room_id, item.event_id, report)
+            await asyncio.sleep(3600)
+
+    # ------------------------------------------------------------------ sending
+
+    async def _send(
+        self, room_id: str, sender: str, event_type: EventType, content: Any, timestamp: int | None = None
+    ) -> str:
+        """Send a message event, Megolm-encrypted when the room is; never plaintext there."""
+        room = RoomID(room_id)
+        intent = self.az.intent.user(UserID(sender)) if sender != self.bot_mxid else self.az.intent
+        if await self.is_encrypted(room_id):
+            if self.e2ee is None:
+                raise EncryptionUnavailable(f"{room_id} is encrypted and bridge.encryption.allow is false")
+            content = await self.e2ee.encrypt(room, event_type, content)
+            event_type = EventType.ROOM_ENCRYPTED
+        return await intent.send_message_event(room, event_type, content, timestamp=timestamp)
+
+    async def is_encrypted(self, room_id: str) -> bool:
+        encrypted = await self.state_store.is_encrypted(RoomID(room_id))
+        if encrypted is None:
+            await self._load_room_state(RoomID(room_id))
+            encrypted = await self.state_store.is_encrypted(RoomID(room_id))
+        return bool(encrypted)
+
+    def _encryption_content(self) -> dict[str, Any]:
+        rules = self.config.encryption
+        return {
+            "algorithm": MEGOLM,
+            "rotation_period_ms": rules.rotation_ms,
+            "rotation_period_msgs": rules.rotation_messages,
+        }
+
+    async def enable_encryption(self, room_id: str) -> None:
+        content = self._encryption_content()
+        await self.az.intent.send_state_event(RoomID(room_id), EventType.ROOM_ENCRYPTION, content)
+        await self.state_store.set_encryption_info(
+            RoomID(room_id), RoomEncryptionStateEventContent.deserialize(content)
+        )
+
     # ------------------------------------------------------------------ MatrixAPI
 
     async def ensure_puppet(self, mxid: str, displayname: str) -> None:
@@ -185,6 +413,10 @@ class MatrixConnector:
         state: list[dict[str, Any]] = [
             {"type": event_type, "state_key": info.state_key, "content": info.content} for event_type in BRIDGE_STATE
         ]
+        if encrypted:
+            if self.e2ee is None:
+                raise EncryptionUnavailable("an encrypted portal needs bridge.encryption.allow")
+            state.append({"type": str(EventType.ROOM_ENCRYPTION), "content": self._encryption_content()})
         room_id = await intent.create_room(
             name=name,
             topic=topic,
@@ -194,17 +426,23 @@ class MatrixConnector:
             # The creator (the puppet) has full power by its role; room version 12 forbids listing it.
             power_level_override={"users": {self.bot_mxid: 100, receiver: 50}},
         )
+        # Known before anything is sent: whom to share room keys with, and that it is encrypted.
+        await self.state_store.set_membership(room_id, UserID(puppet), Membership.JOIN)
+        await self.state_store.set_membership(room_id, UserID(receiver), Membership.INVITE)
+        if encrypted:
+            content = RoomEncryptionStateEventContent.deserialize(self._encryption_content())
+            await self.state_store.set_encryption_info(room_id, content)
+        else:
+            await self.state_store.set_unencrypted(room_id)
         await self.az.intent.ensure_joined(room_id)
         return room_id
 
     async def send_message(self, room_id: str, sender: str, content: dict[str, Any], timestamp_ms: int) -> str:
-        intent = self.az.intent.user(UserID(sender))
-        return await intent.send_message_event(RoomID(room_id), EventType.ROOM_MESSAGE, content, timestamp=timestamp_ms)
+        return await self._send(room_id, sender, EventType.ROOM_MESSAGE, content, timestamp_ms)
 
     async def send_reaction(self, room_id: str, sender: str, target_event: str, key: str) -> str:
-        intent = self.az.intent.user(UserID(sender))
         content = {"m.relates_to": {"rel_type": "m.annotation", "event_id": target_event, "key": key}}
-        return await intent.send_message_event(RoomID(room_id), EventType.REACTION, content)
+        return await self._send(room_id, sender, EventType.REACTION, content)
 
     async def redact(self, room_id: str, sender: str, event_id: str) -> None:
         await self.az.intent.user(UserID(sender)).redact(RoomID(room_id), event_id)
@@ -216,18 +454,13 @@ class MatrixConnector:
         await self.az.intent.user(UserID(sender)).set_typing(RoomID(room_id), timeout=30_000 if typing else 0)
 
     async def send_notice(self, room_id: str, text: str) -> str:
-        import re
-
-        from bridge.msgconv.formatting import markup_to_html
-
         html = re.sub(r"\*\*(.+?)\*\*", r"<strong>\1</strong>", text)
         html = re.sub(r"`([^`]+)`", r"<code>\1</code>", html).replace("\n", "<br/>")
         plain = text.replace("**", "")
         content = TextMessageEventContent(msgtype=MessageType.NOTICE, body=plain)
         if html != text:
             content.format, content.formatted_body = Format.HTML, html
-        _ = markup_to_html
-        return await self.az.intent.send_message(RoomID(room_id), content)
+        return await self._send(room_id, self.bot_mxid, EventType.ROOM_MESSAGE, content)
 
     async def send_status(self, room_id: str, event_id: str, report: StatusReport) -> None:
         portal = await self.core.portals.by_room(room_id) if self.core else None
@@ -244,9 +477,9 @@ class MatrixConnector:
         if report.delivered_to:
             content["delivered_to_users"] = list(report.delivered_to)
         try:
-            await self.az.intent.send_message_event(RoomID(room_id), STATUS_EVENT, content)
-        except MatrixError:
-            log.warning("could not send a message status into %s", room_id)
+            await self._send(room_id, self.bot_mxid, STATUS_EVENT, content)
+        except (MatrixError, EncryptionUnavailable) as exc:
+            log.warning("could not send a message status into %s: %s", room_id, exc)
 
     async def leave_portal(self, room_id: str, puppet: str, receiver: str) -> None:
         bot = self.az.intent

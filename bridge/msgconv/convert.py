@@ -56,7 +56,7 @@ def _text_of(content: dict[str, Any]) -> str:
     if not text.strip():
         raise Unsupported("m.event_not_handled", "The message is empty.")
     if len(text) > MAX_TEXT:
-        raise Unsupported("m.event_too_large", "The message is too long for the gatekeeper.")
+        raise Unsupported("com.beeper.unsupported_event", "The message is too long for the gatekeeper.")
     return text
 
 
@@ -74,9 +74,11 @@ def matrix_message(content: dict[str, Any], *, reply_to: str | None, edit_of: st
         text = _text_of(new)
         return Outgoing(Content(edit=Edit(key=MessageKey(id=edit_of, from_me=True), text=text)), "text")
     if msgtype in ("m.image", "m.video", "m.audio", "m.file"):
-        raise Unsupported("m.event_not_handled", "Sending files to the gatekeeper is not supported yet.")
+        raise Unsupported("com.beeper.unsupported_event", "Sending files to the gatekeeper is not supported yet.")
     if msgtype not in ("m.text", "m.notice", "m.emote"):
-        raise Unsupported("m.event_not_handled", f"The gatekeeper cannot carry {msgtype or 'this kind of'} messages.")
+        raise Unsupported(
+            "com.beeper.unsupported_event", f"The gatekeeper cannot carry {msgtype or 'this kind of'} messages."
+        )
     text = _text_of(content)
     if msgtype == "m.emote":
         text = f"/me {text}"
@@ -88,7 +90,7 @@ def matrix_message(content: dict[str, Any], *, reply_to: str | None, edit_of: st
 
 def matrix_reaction(key: str, target: str, *, from_me: bool) -> Outgoing:
     if not key or len(key) > 64:
-        raise Unsupported("m.event_not_handled", "The gatekeeper carries emoji reactions only.")
+        raise Unsupported("com.beeper.unsupported_event", "The gatekeeper carries emoji reactions only.")
     return Outgoing(Content(reaction=Reaction(key=MessageKey(id=target, from_me=from_me), text=key)), "reaction")
 
 

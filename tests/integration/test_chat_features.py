@@ -40,7 +40,7 @@ async def test_replies_reactions_edits_and_deletions_from_matrix(stack: Stack) -
     alice, _, portal, native, _ = await chat(stack)
     first = await alice.say(portal, "question")
     await alice.status_of(first)
-    reply = await alice.client.send_message_event(
+    reply = await alice.send(
         portal,
         "m.room.message",
         {
@@ -50,7 +50,7 @@ async def test_replies_reactions_edits_and_deletions_from_matrix(stack: Stack) -
         },
     )
     await alice.status_of(reply)
-    edit = await alice.client.send_message_event(
+    edit = await alice.send(
         portal,
         "m.room.message",
         {
@@ -164,11 +164,11 @@ async def test_new_native_device_gets_messages_after_a_409(stack: Stack) -> None
 
 async def test_unsupported_content_gets_a_failed_status_and_a_notice(stack: Stack) -> None:
     alice, _, portal, _, _ = await chat(stack)
-    event_id = await alice.client.send_message_event(
+    event_id = await alice.send(
         portal, "m.room.message", {"msgtype": "m.location", "body": "here", "geo_uri": "geo:52.5,13.4"}
     )
     status = await alice.status_of(event_id, "FAIL_PERMANENT")
-    assert status["content"]["reason"] == "m.event_not_handled"
+    assert status["content"]["reason"] == "com.beeper.unsupported_event"
     await alice.notice(portal, "Not delivered")
     await alice.close()
 
@@ -237,7 +237,7 @@ async def test_writing_after_logout_or_as_a_stranger_is_explained(stack: Stack) 
     )
     stranger = await carol.say(portal, "hello?")
     status = await carol.status_of(stranger, "FAIL_PERMANENT")
-    assert status["content"]["reason"] == "m.foreign_client"
+    assert status["content"]["reason"] == "m.no_permission"
     # After a logout the portal says why nothing goes out.
     await stack.bridge.core.logins.set_state(
         alice.mxid, __import__("bridge.db.logins", fromlist=["x"]).LoginState.LOGGED_OUT
