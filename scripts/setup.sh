@@ -63,9 +63,12 @@ if ! (exec 3<>/dev/tcp/127.0.0.1/5432) 2>/dev/null && ! ls /usr/lib/postgresql/*
     fi
 fi
 
-peer=tests/peers/signal
-peer_stamp=$peer/node_modules/.installed-$(sha256sum $peer/package-lock.json | cut -c1-16)
-if [ ! -f "$peer_stamp" ]; then
-    (cd $peer && npm ci --no-audit --no-fund --loglevel=error)
-    touch "$peer_stamp"
-fi
+# The Node test peers: libsignal (Signal interop) and matrix-js-sdk with its Rust crypto
+# (Element's stack, for the end-to-bridge encryption tests), at their locked versions.
+for peer in tests/peers/signal tests/peers/element; do
+    peer_stamp=$peer/node_modules/.installed-$(sha256sum $peer/package-lock.json | cut -c1-16)
+    if [ ! -f "$peer_stamp" ]; then
+        (cd $peer && npm ci --no-audit --no-fund --loglevel=error)
+        touch "$peer_stamp"
+    fi
+done

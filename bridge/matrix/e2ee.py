@@ -173,13 +173,19 @@ class Encryption:
                 "the homeserver offers no appservice login (m.login.application_service); set "
                 "bridge.encryption.msc4190 to true and add `io.element.msc4190: true` to registration.yaml."
             )
-        await self.client.login(
-            login_type=LoginType.APPSERVICE,
-            device_name=DEVICE_NAME,
-            device_id=device_id,
-            store_access_token=True,
-            update_hs_url=False,
-        )
+        try:
+            await self.client.login(
+                login_type=LoginType.APPSERVICE,
+                device_name=DEVICE_NAME,
+                device_id=device_id,
+                store_access_token=True,
+                update_hs_url=False,
+            )
+        except MatrixError as exc:
+            raise EncryptionSetupError(
+                f"the homeserver refused the appservice login ({exc}). With `io.element.msc4190: true` in "
+                "registration.yaml, set bridge.encryption.msc4190 to true as well."
+            ) from exc
 
     async def _keys_on_server(self) -> bool:
         response = await self.client.query_keys([self.client.mxid])
@@ -199,7 +205,7 @@ class Encryption:
             return
         log.info("cross-signed the bridge's device %s", self.client.device_id)
 
-    async def check_pushes(self, timeout: float = 30.0) -> None:
+    async def check_pushes(self, timeout: float = 15.0) -> None:
         """Send a to-device event to our own device and wait for it in a transaction; the
         same transaction must carry our one-time-key count. Missing either means the
         homeserver or the registration lacks a setting, and encryption would fail later."""

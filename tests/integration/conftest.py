@@ -5,19 +5,22 @@ from __future__ import annotations
 import itertools
 import shutil
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from pathlib import Path
 from types import SimpleNamespace
+from typing import Any
 
 import aiohttp
 import asyncpg
+import pytest
 import pytest_asyncio
 
 from bridge.app import BridgeApp
 from bridge.config import EXAMPLE_PATH, dump_yaml, generate_registration, load_config, read_yaml
 from tests.integration.matrix_user import MatrixUser
 from tests.integration.synapse import Synapse, start_synapse
+from tests.peers.element_peer import ElementPeer, ElementUser, peer_available
 from tests.postgres import server_dsn
 from tests.sandbox.harness import INTEGRATOR, Sandbox, free_port, start_sandbox, stop_sandbox
 
@@ -39,8 +42,22 @@ class Stack:
         await user.login("secret-password")
         return user
 
+    async def element_user(self, peer: ElementPeer, localpart: str | None = None) -> ElementUser:
+        """A device with Element's crypto; the account is created unless ``localpart`` names one."""
+        if localpart is None:
+            localpart = f"eluser{next(_users)}_{uuid.uuid4().hex[:6]}"
+            await self.synapse.register(self.http, localpart, "secret-password")
+        name = f"{localpart}-{uuid.uuid4().hex[:4]}"
+        return await peer.login(name, self.synapse.base, localpart, "secret-password")
 
-async def build_stack(root: Path, profile: str) -> tuple[Stack, str, str]:
+
+async def build_stack(
+    root: Path,
+    profile: str,
+    tweak: Callable[[dict[str, Any]], None] | None = None,
+    registration_tweak: Callable[[dict[str, Any]], None] | None = None,
+    start_bridge: bool = True,
+) -> tuple[Stack, str, str]:
     """Everything an admin would run, on loopback: returns the stack, the Postgres admin
     DSN and the database name (to drop afterwards)."""
     http = aiohttp.ClientSession()
@@ -70,13 +87,20 @@ async def build_stack(root: Path, profile: str) -> tuple[Stack, str, str]:
     data["partner"]["public_url"] = f"http://127.0.0.1:{bridge_port}"
     data["bridge"]["permissions"] = {"localhost": "user", "@admin:localhost": "admin"}
     data["logging"]["level"] = "WARNING"
+    if tweak is not None:
+        tweak(data)
     config_path.write_text(dump_yaml(data))
     registration = root / "registration.yaml"
     generate_registration(config_path, registration)
+    if registration_tweak is not None:
+        document = read_yaml(registration)
+        registration_tweak(document)
+        registration.write_text(dump_yaml(document))
     synapse = start_synapse(root / "synapse", synapse_port, registration)
     config, _ = load_config(config_path)
     bridge = BridgeApp(config)
-    await bridge.start()
+    if start_bridge:
+        await bridge.start()
     return Stack(synapse, sandbox, bridge, http, config_path), admin, database
 
 
@@ -102,3 +126,25 @@ async def messenger_stack(tmp_path_factory) -> AsyncIterator[Stack]:
     built, admin, database = await build_stack(tmp_path_factory.mktemp("messenger"), "messenger")
     yield built
     await tear_down(built, admin, database)
+
+
+def _quick_key_wait(data: dict[str, Any]) -> None:
+    # A short wait for late keys, so that the give-up path runs in seconds.
+    data["bridge"]["encryption"]["key_wait_seconds"] = 4
+
+
+@pytest_asyncio.fixture(scope="session", loop_scope="session")
+async def e2ee_stack(tmp_path_factory) -> AsyncIterator[Stack]:
+    """A stack of its own: the encryption tests restart its bridge."""
+    built, admin, database = await build_stack(tmp_path_factory.mktemp("e2ee"), "whatsapp", _quick_key_wait)
+    yield built
+    await tear_down(built, admin, database)
+
+
+@pytest_asyncio.fixture(scope="session", loop_scope="session")
+async def element() -> AsyncIterator[ElementPeer]:
+    if not peer_available():
+        pytest.fail("the Element peer is not installed: run scripts/setup.sh")
+    peer = await ElementPeer.start()
+    yield peer
+    await peer.close()

@@ -144,6 +144,15 @@ class MatrixUser:
             timeout,
         )
 
+    async def create_dm(self, invitee: str, encrypted: bool = False) -> str:
+        initial_state = [{"type": "m.room.encryption", "content": {"algorithm": "m.megolm.v1.aes-sha2"}}]
+        return await self.client.create_room(
+            invitees=[UserID(invitee)], is_direct=True, initial_state=initial_state if encrypted else []
+        )
+
+    async def redact(self, room_id: str, event_id: str) -> str:
+        return await self.client.redact(RoomID(room_id), event_id)
+
     async def send(self, room_id: str, event_type: str, content: dict[str, Any]) -> str:
         """Any message event, encrypted when the room is (as Element sends it)."""
         kind = EventType.find(event_type, EventType.Class.MESSAGE)

@@ -6,17 +6,18 @@ import pytest
 
 from tests.integration.conftest import Stack
 from tests.integration.matrix_user import MatrixUser
+from tests.peers.element_peer import ElementUser
 
 pytestmark = pytest.mark.asyncio(loop_scope="session")
 
 
-async def management_room(stack: Stack, user: MatrixUser) -> str:
-    room_id = await user.client.create_room(invitees=[stack.bridge.matrix.bot_mxid], is_direct=True)
+async def management_room(stack: Stack, user: MatrixUser | ElementUser) -> str:
+    room_id = await user.create_dm(stack.bridge.matrix.bot_mxid)
     await user.notice(room_id, "Send `help`")
     return room_id
 
 
-async def log_in(stack: Stack, user: MatrixUser) -> str:
+async def log_in(stack: Stack, user: MatrixUser | ElementUser) -> str:
     room = await management_room(stack, user)
     await user.say(room, "login")
     await user.notice(room, "Do you agree?")
@@ -27,7 +28,7 @@ async def log_in(stack: Stack, user: MatrixUser) -> str:
     return room
 
 
-async def open_chat(stack: Stack, user: MatrixUser, room: str, native: dict) -> str:
+async def open_chat(stack: Stack, user: MatrixUser | ElementUser, room: str, native: dict) -> str:
     await user.say(room, f"start-chat {native['uvid']}")
     reply = await user.notice(room, "Opened a chat")
     portal = reply["content"]["body"].rsplit("/", 1)[1]

@@ -1,0 +1,142 @@
+// A Matrix client with Element's own crypto stack (matrix-js-sdk + matrix-sdk-crypto-wasm),
+// driven from pytest over JSON lines: one request per line on stdin, one answer per line on
+// stdout. Any number of named clients (a user's devices) live in one process.
+//
+// Requests: {id, op, ...}
+//   login   {name, baseUrl, user, password}        -> {userId, deviceId}
+//   createRoom {name, invite, encrypted, isDirect} -> {roomId}
+//   send    {name, roomId, type, content}          -> {eventId}   (encrypted when the room is)
+//   redact  {name, roomId, eventId}                -> {eventId}
+//   events  {name, since}                          -> {events, next}
+//   stop    {name}                                 -> {}
+// Every timeline event a client sees is recorded in the shape of a Matrix event, after
+// decryption; an event that fails to decrypt is recorded with "undecryptable": true and
+// recorded again if a late key lets the SDK decrypt it afterwards.
+import readline from "node:readline";
+import * as sdk from "matrix-js-sdk";
+import { logger } from "matrix-js-sdk/lib/logger.js";
+
+logger.setLevel("error");
+// The WASM tracing layer logs at DEBUG/INFO through these; stdout carries the protocol only.
+console.debug = console.info = () => {};
+console.log = console.warn = (...args) => process.stderr.write(args.join(" ") + "\n");
+
+const clients = new Map();
+
+function record(entry, ev) {
+  const failed = ev.isDecryptionFailure();
+  entry.events.push({
+    event_id: ev.getId(),
+    room_id: ev.getRoomId(),
+    sender: ev.getSender(),
+    type: failed ? "m.room.encrypted" : ev.getType(),
+    state_key: ev.getStateKey(),
+    content: failed ? {} : ev.getContent(),
+    origin_server_ts: ev.getTs(),
+    redacts: ev.event.redacts ?? ev.getContent()?.redacts ?? null,
+    encrypted: ev.isEncrypted(),
+    undecryptable: failed,
+    sender_device: ev.isEncrypted() ? (ev.getWireContent().device_id ?? null) : null,
+  });
+}
+
+async function login({ name, baseUrl, user, password }) {
+  const response = await sdk.createClient({ baseUrl }).loginRequest({
+    type: "m.login.password",
+    identifier: { type: "m.id.user", user },
+    password,
+  });
+  const client = sdk.createClient({
+    baseUrl,
+    userId: response.user_id,
+    accessToken: response.access_token,
+    deviceId: response.device_id,
+  });
+  await client.initRustCrypto({ useIndexedDB: false });
+  const entry = { client, events: [] };
+  clients.set(name, entry);
+  client.on(sdk.RoomEvent.Timeline, (ev) => {
+    if (ev.isBeingDecrypted() || ev.shouldAttemptDecryption()) {
+      ev.once(sdk.MatrixEventEvent.Decrypted, () => {
+        record(entry, ev);
+        // A failure now may be fixed by a late key: the SDK retries and emits again.
+        if (ev.isDecryptionFailure()) ev.once(sdk.MatrixEventEvent.Decrypted, () => record(entry, ev));
+      });
+    } else {
+      record(entry, ev);
+    }
+  });
+  const autoJoin = (room) => {
+    if (room.getMyMembership() === "invite") client.joinRoom(room.roomId).catch((e) => console.log("join", e));
+  };
+  client.on(sdk.ClientEvent.Room, autoJoin);
+  client.on(sdk.RoomEvent.MyMembership, (room, membership) => membership === "invite" && autoJoin(room));
+  client.startClient({ initialSyncLimit: 20 });
+  await new Promise((resolve) => {
+    const onSync = (state) => {
+      if (state === "PREPARED") {
+        client.off(sdk.ClientEvent.Sync, onSync);
+        resolve();
+      }
+    };
+    client.on(sdk.ClientEvent.Sync, onSync);
+  });
+  return { userId: response.user_id, deviceId: response.device_id };
+}
+
+function entryOf(name) {
+  const entry = clients.get(name);
+  if (!entry) throw new Error(`no client named ${name}`);
+  return entry;
+}
+
+const ops = {
+  login,
+  async createRoom({ name, invite, encrypted, isDirect }) {
+    const initial_state = encrypted
+      ? [{ type: "m.room.encryption", state_key: "", content: { algorithm: "m.megolm.v1.aes-sha2" } }]
+      : [];
+    const { room_id } = await entryOf(name).client.createRoom({ invite, is_direct: isDirect, initial_state });
+    return { roomId: room_id };
+  },
+  async send({ name, roomId, type, content }) {
+    const { client } = entryOf(name);
+    // The room must be known to the client (and its encryption state) before sending.
+    for (let i = 0; !client.getRoom(roomId); i++) {
+      if (i > 200) throw new Error(`room ${roomId} never appeared`);
+      await new Promise((r) => setTimeout(r, 50));
+    }
+    const { event_id } = await client.sendEvent(roomId, type, content);
+    return { eventId: event_id };
+  },
+  async redact({ name, roomId, eventId }) {
+    const { event_id } = await entryOf(name).client.redactEvent(roomId, eventId);
+    return { eventId: event_id };
+  },
+  async events({ name, since }) {
+    const { events } = entryOf(name);
+    return { events: events.slice(since), next: events.length };
+  },
+  async stop({ name }) {
+    const { client } = entryOf(name);
+    client.stopClient();
+    clients.delete(name);
+    return {};
+  },
+};
+
+const lines = readline.createInterface({ input: process.stdin });
+lines.on("line", async (line) => {
+  const request = JSON.parse(line);
+  let answer;
+  try {
+    answer = { id: request.id, ok: true, result: await ops[request.op](request) };
+  } catch (error) {
+    answer = { id: request.id, ok: false, error: String(error?.stack ?? error) };
+  }
+  process.stdout.write(JSON.stringify(answer) + "\n");
+});
+lines.on("close", () => {
+  for (const { client } of clients.values()) client.stopClient();
+  process.exit(0);
+});
