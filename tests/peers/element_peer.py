@@ -10,17 +10,18 @@ from __future__ import annotations
 import asyncio
 import itertools
 import json
-import shutil
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
+
+from tests.peers import node
 
 PEER_DIR = Path(__file__).parent / "element"
 STATUS = "com.beeper.message_send_status"
 
 
 def peer_available() -> bool:
-    return shutil.which("node") is not None and (PEER_DIR / "node_modules" / "matrix-js-sdk").is_dir()
+    return node() is not None and (PEER_DIR / "node_modules" / "matrix-js-sdk").is_dir()
 
 
 class PeerError(Exception):
@@ -38,7 +39,7 @@ class ElementPeer:
     @classmethod
     async def start(cls) -> ElementPeer:
         process = await asyncio.create_subprocess_exec(
-            "node",
+            node() or "node",
             str(PEER_DIR / "peer.mjs"),
             cwd=PEER_DIR,
             stdin=asyncio.subprocess.PIPE,

@@ -9,10 +9,11 @@ from __future__ import annotations
 import base64
 import itertools
 import json
-import shutil
 import subprocess
 from pathlib import Path
 from typing import Any
+
+from tests.peers import node
 
 PEER_DIR = Path(__file__).parent / "signal"
 IMPLEMENTATIONS = ("libsignal-client", "libsignal-node")
@@ -33,7 +34,7 @@ def unb64(data: str) -> bytes:
 
 
 def peer_available() -> bool:
-    return shutil.which("node") is not None and (PEER_DIR / "node_modules").is_dir()
+    return node() is not None and (PEER_DIR / "node_modules").is_dir()
 
 
 class NodeSignalPeer:
@@ -41,7 +42,7 @@ class NodeSignalPeer:
 
     def __init__(self) -> None:
         self._proc = subprocess.Popen(
-            ["node", str(PEER_DIR / "peer.js")],
+            [node() or "node", str(PEER_DIR / "peer.js")],
             cwd=PEER_DIR,
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
