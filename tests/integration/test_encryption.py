@@ -77,6 +77,13 @@ async def test_an_encrypted_portal_carries_everything_both_ways(e2ee_stack: Stac
     user = await new_user(stack, element, kind)
     portal, native, iid = await chat(stack, user)
     assert await stack.bridge.matrix.is_encrypted(portal)
+    if isinstance(user, ElementUser):
+        # Element shows the bridge's device as verified by its owner (self-signed).
+        bridge = stack.bridge.matrix
+        assert await user.device_status(bridge.bot_mxid, bridge.e2ee.device_id) == {
+            "known": True,
+            "signedByOwner": True,
+        }
 
     # Matrix → native: a text, a reply, an edit and a deletion.
     question, answer, corrected = secret("question"), secret("answer"), secret("question?")

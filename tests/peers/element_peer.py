@@ -154,5 +154,9 @@ class ElementUser:
     async def redact(self, room_id: str, event_id: str) -> str:
         return (await self.peer.call("redact", name=self.name, roomId=room_id, eventId=event_id))["eventId"]
 
+    async def device_status(self, user_id: str, device_id: str) -> dict[str, bool]:
+        """How this device sees another: known, and cross-signed by its owner."""
+        return await self.peer.call("deviceStatus", name=self.name, userId=user_id, deviceId=device_id)
+
     async def close(self) -> None:
         await self.peer.call("stop", name=self.name)

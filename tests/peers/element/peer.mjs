@@ -8,6 +8,7 @@
 //   send    {name, roomId, type, content}          -> {eventId}   (encrypted when the room is)
 //   redact  {name, roomId, eventId}                -> {eventId}
 //   events  {name, since}                          -> {events, next}
+//   deviceStatus {name, userId, deviceId}          -> {known, signedByOwner}
 //   stop    {name}                                 -> {}
 // Every timeline event a client sees is recorded in the shape of a Matrix event, after
 // decryption; an event that fails to decrypt is recorded with "undecryptable": true and
@@ -112,6 +113,12 @@ const ops = {
   async redact({ name, roomId, eventId }) {
     const { event_id } = await entryOf(name).client.redactEvent(roomId, eventId);
     return { eventId: event_id };
+  },
+  async deviceStatus({ name, userId, deviceId }) {
+    const crypto = entryOf(name).client.getCrypto();
+    await crypto.getUserDeviceInfo([userId], true);
+    const status = await crypto.getDeviceVerificationStatus(userId, deviceId);
+    return { known: status !== null, signedByOwner: Boolean(status?.signedByOwner) };
   },
   async events({ name, since }) {
     const { events } = entryOf(name);
