@@ -12,6 +12,7 @@ from bridge.config import (
     EXAMPLE_PATH,
     ConfigError,
     PermissionLevel,
+    dump_yaml,
     generate_registration,
     load_config,
     parse_config,
@@ -117,3 +118,49 @@ def test_permissions_most_specific_wins(config_path: Path, tmp_path: Path) -> No
     assert config.permission("@mallory:elsewhere.org") is PermissionLevel.NONE
     data["bridge"]["permissions"]["*"] = "user"
     assert parse_config(data).permission("@mallory:elsewhere.org") is PermissionLevel.USER
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        ({"allow": False}, "bridge.encryption.default: cannot be true while bridge.encryption.allow is false"),
+        ({"key_wait_seconds": 0}, "bridge.encryption.key_wait_seconds: must be between 0 and 600"),
+        ({"late_key_hours": -1}, "bridge.encryption.late_key_hours: must not be negative"),
+        (
+            {"rotation": {"messages": 0, "milliseconds": 60000}},
+            "bridge.encryption.rotation: at least 1 message and 60000 milliseconds",
+        ),
+        ({"msc4190": "yes"}, "bridge.encryption.msc4190: must be a bool, got str"),
+    ],
+)
+def test_encryption_problems_name_the_key(config_path: Path, tmp_path: Path, change: dict, message: str) -> None:
+    generate_registration(config_path, tmp_path / "registration.yaml")
+    data = read_yaml(config_path)
+    data["bridge"]["encryption"].update(change)
+    with pytest.raises(ConfigError) as excinfo:
+        parse_config(data)
+    assert str(excinfo.value) == message
+
+
+def test_encryption_defaults_and_registration_flags(config_path: Path, tmp_path: Path) -> None:
+    registration = tmp_path / "registration.yaml"
+    config = generate_registration(config_path, registration)
+    rules = config.encryption
+    assert rules.allow and rules.default and rules.msc4190 and rules.self_sign
+    assert (rules.rotation_messages, rules.rotation_ms) == (100, 604_800_000)
+    data = read_yaml(registration)
+    assert data["org.matrix.msc3202"] is True and data["io.element.msc4190"] is True
+
+    # An appservice login instead of MSC4190, then no encryption at all: the flags follow.
+    settings = read_yaml(config_path)
+    settings["bridge"]["encryption"]["msc4190"] = False
+    config_path.write_text(dump_yaml(settings))
+    generate_registration(config_path, registration)
+    data = read_yaml(registration)
+    assert data["org.matrix.msc3202"] is True and "io.element.msc4190" not in data
+    settings["bridge"]["encryption"].update(allow=False, default=False)
+    config_path.write_text(dump_yaml(settings))
+    config = generate_registration(config_path, registration)
+    data = read_yaml(registration)
+    assert not config.encryption.allow
+    assert "org.matrix.msc3202" not in data and "io.element.msc4190" not in data
