@@ -7,9 +7,19 @@ in its own process, so this process's CPU time is the bridge's: both directions,
 database (Postgres by default, ``--sqlite`` for the embedded one) and Signal included. The
 Matrix side is a recording sink (the homeserver's cost is not the bridge's).
 
+The same run is made twice: for an unencrypted portal, and for an encrypted one, where
+each Matrix event arrives Megolm-encrypted and is decrypted by the bridge's Olm machine
+(crypto store in the same database), and everything the bridge posts (the bridged message
+and the send statuses) is Megolm-encrypted before it goes to the sink: the bridge's real
+``bridge.matrix.e2ee.Encryption``. The sending client's encryption happens before the
+clock starts (it is Element's cost, not the bridge's). Room-key sharing is not in it: the
+room has no member devices to share with, so a rotation (every 100 messages by default)
+costs only a new session.
+
 The reference is bare Signal: encrypt+decrypt of the same payload between two in-memory
-parties, measured in the same run. Last line: ``pipeline_overhead_ratio: X`` (pipeline
-CPU per message over bare Signal CPU per message).
+parties, measured in the same run. Last lines: ``pipeline_overhead_ratio: X`` and
+``encrypted_pipeline_overhead_ratio: Y`` (pipeline CPU per message over bare Signal CPU
+per message, unencrypted and encrypted portal).
 
     python bench/pipeline_bench.py [--quick] [--sqlite]
 """
@@ -30,6 +40,23 @@ from typing import Any
 import aiohttp
 import asyncpg
 from aiohttp import web
+from mautrix.appservice import AppService
+from mautrix.client import Client
+from mautrix.client.state_store.memory import MemoryStateStore
+from mautrix.crypto import InboundGroupSession, OlmMachine
+from mautrix.crypto import StateStore as CryptoStateStore
+from mautrix.crypto.store.memory import MemoryCryptoStore
+from mautrix.types import (
+    DeviceID,
+    DeviceIdentity,
+    EncryptedEvent,
+    EncryptionAlgorithm,
+    EventType,
+    RoomEncryptionStateEventContent,
+    RoomID,
+    TrustState,
+    UserID,
+)
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
@@ -46,6 +73,9 @@ from bridge.gatekeeper.enlistment import create_login, enlist
 from bridge.gatekeeper.state import ConnectionState
 from bridge.gatekeeper.tokens import TokenIssuer
 from bridge.gip.tokens import jwks_document
+from bridge.matrix.connector import STATUS_EVENT, pickle_key
+from bridge.matrix.e2ee import Encryption
+from bridge.matrix.stores import BridgeStateStore, MautrixDatabases
 from tests.postgres import server_dsn
 from tests.sandbox.harness import INTEGRATOR, free_port, spawn_sandbox_process
 
@@ -98,6 +128,107 @@ class RecordingMatrix:
         return None
 
 
+class EncryptingMatrix(RecordingMatrix):
+    """The sink, but every message event into the (encrypted) portal is Megolm-encrypted
+    first, as the connector does."""
+
+    def __init__(self, encryption: Encryption) -> None:
+        super().__init__()
+        self.encryption = encryption
+
+    async def send_message(self, room_id: str, sender: str, content: dict[str, Any], timestamp_ms: int) -> str:
+        await self.encryption.encrypt(RoomID(room_id), EventType.ROOM_MESSAGE, content)
+        return await super().send_message(room_id, sender, content, timestamp_ms)
+
+    async def send_status(self, room_id: str, event_id: str, report: StatusReport) -> None:
+        content = {"m.relates_to": {"rel_type": "m.reference", "event_id": event_id}, "status": report.status.value}
+        await self.encryption.encrypt(RoomID(room_id), STATUS_EVENT, content)
+        await super().send_status(room_id, event_id, report)
+
+
+class _MemoryState(MemoryStateStore, CryptoStateStore):
+    async def find_shared_rooms(self, user_id: UserID) -> list[RoomID]:
+        return []
+
+
+ROTATION = RoomEncryptionStateEventContent(
+    algorithm=EncryptionAlgorithm.MEGOLM_V1, rotation_period_ms=7 * 24 * 3600 * 1000, rotation_period_msgs=100
+)
+
+
+async def bridge_encryption(config: Any, uri: str) -> tuple[Encryption, MautrixDatabases]:
+    """The bridge's Olm machine on the bench database; no homeserver is contacted."""
+    databases = MautrixDatabases(uri)
+    await databases.start()
+    state = BridgeStateStore(databases.state)
+    az = AppService(
+        server="http://127.0.0.1:9",
+        domain="bench",
+        as_token="x" * 32,
+        hs_token="y" * 32,
+        bot_localpart="dmabot",
+        id="bench",
+        state_store=state,
+    )
+    encryption = Encryption(
+        config, az, state, databases.crypto, pickle_key(config.at_rest_key), lambda user: user.endswith(":bench")
+    )
+    await encryption.store.open()
+    encryption.client.device_id = DeviceID("BRIDGEDEV")
+    await encryption.store.put_device_id(encryption.client.device_id)
+    await encryption.olm.load()
+    # Alice's cross-signing keys would be fetched from the homeserver once; there is none.
+    encryption.olm._cs_fetch_attempted.add(UserID("@alice:bench"))
+    return encryption, databases
+
+
+class SendingClient:
+    """Alice's client (Element's part): encrypts her events before the clock starts."""
+
+    def __init__(self) -> None:
+        self.state = _MemoryState()
+        self.store = MemoryCryptoStore("@alice:bench", "bench")
+        self.client = Client(mxid=UserID("@alice:bench"), base_url="http://127.0.0.1:9", state_store=self.state)
+        self.client.device_id = DeviceID("ALICEDEV")
+        self.olm = OlmMachine(self.client, self.store, self.state)
+
+    async def start(self, room: RoomID, bridge: Encryption) -> None:
+        await self.store.put_device_id(self.client.device_id)
+        await self.olm.load()
+        # The sender never rotates during the run; the bridge rotates as configured.
+        await self.state.set_encryption_info(
+            room, RoomEncryptionStateEventContent(algorithm=EncryptionAlgorithm.MEGOLM_V1, rotation_period_msgs=10**6)
+        )
+        await bridge.state_store.set_encryption_info(room, ROTATION)
+        await self.olm.share_group_session(room, [])
+        outbound = await self.store.get_outbound_group_session(room)
+        account = self.olm.account
+        # What the room-key to-device event would have given the bridge, and Alice's device keys.
+        inbound = InboundGroupSession(outbound.session_key, account.signing_key, account.identity_key, room)
+        await bridge.store.put_group_session(room, account.identity_key, inbound.id, inbound)
+        device = DeviceIdentity(
+            UserID("@alice:bench"),
+            self.client.device_id,
+            account.identity_key,
+            account.signing_key,
+            TrustState.UNVERIFIED,
+            False,
+            "bench",
+        )
+        await bridge.store.put_devices(UserID("@alice:bench"), {self.client.device_id: device})
+
+    async def encrypt(self, room: RoomID, event_id: str, content: dict[str, Any]) -> EncryptedEvent:
+        encrypted = await self.olm.encrypt_megolm_event(room, EventType.ROOM_MESSAGE, content)
+        return EncryptedEvent(
+            type=EventType.ROOM_ENCRYPTED,
+            room_id=room,
+            event_id=event_id,
+            sender=UserID("@alice:bench"),
+            timestamp=int(time.time() * 1000),
+            content=encrypted,
+        )
+
+
 def bare_signal_cpu(count: int) -> float:
     async def run() -> float:
         a, b = await _established()
@@ -109,7 +240,7 @@ def bare_signal_cpu(count: int) -> float:
     return asyncio.run(run())
 
 
-async def pipeline_cpu(count: int, window: int, uri: str, workdir: Path) -> dict[str, float]:
+async def pipeline_cpu(count: int, window: int, uri: str, workdir: Path, encrypted: bool) -> dict[str, float]:
     bridge_port = free_port()
     http = aiohttp.ClientSession()
     await upgrade(uri)
@@ -129,7 +260,12 @@ async def pipeline_cpu(count: int, window: int, uri: str, workdir: Path) -> dict
         data["appservice"]["as_token"] = data["appservice"]["hs_token"] = "x" * 32
         data["encryption_at_rest"]["key"] = "A" * 43 + "="
         config = parse_config(data)
-        matrix = RecordingMatrix()
+        sender = SendingClient()
+        if encrypted:
+            encryption, databases = await bridge_encryption(config, uri)
+            matrix: RecordingMatrix = EncryptingMatrix(encryption)
+        else:
+            matrix = RecordingMatrix()
         core = BridgeCore(config, db, sealer, matrix)
         tokens = TokenIssuer(key, integrator_id=INTEGRATOR, audience="WHATSAPP")
         manager = ConnectionManager(
@@ -155,11 +291,24 @@ async def pipeline_cpu(count: int, window: int, uri: str, workdir: Path) -> dict
         ):
             await asyncio.sleep(0.05)
         portal, _ = await core.ensure_portal(logins["alice"], logins["bob"].iid, "@bob:bench")
+        room = RoomID(portal.room_id)
         body = {"msgtype": "m.text", "body": PAYLOAD.decode()}
+        if encrypted:
+            await sender.start(room, encryption)
+            # Bob's portal with Alice is a room of its own: it is encrypted too.
+            bob_portal, _ = await core.ensure_portal(logins["bob"], logins["alice"].iid, "@alice:bench")
+            await encryption.state_store.set_encryption_info(RoomID(bob_portal.room_id), ROTATION)
+            incoming = [await sender.encrypt(room, f"$in{i}", body) for i in range(count + 20)]
 
         async def send_range(start: int, stop: int) -> None:
             for i in range(start, stop):
-                await core.handle_matrix_message(portal.room_id, f"$in{i}", "@alice:bench", body)
+                if encrypted:
+                    event = await encryption.decrypt(incoming[i])
+                    await core.handle_matrix_message(
+                        portal.room_id, f"$in{i}", "@alice:bench", event.content.serialize()
+                    )
+                else:
+                    await core.handle_matrix_message(portal.room_id, f"$in{i}", "@alice:bench", body)
 
         # Warm-up: sessions, caches, connection pools.
         matrix.expected = 20
@@ -178,6 +327,9 @@ async def pipeline_cpu(count: int, window: int, uri: str, workdir: Path) -> dict
         cpu = time.process_time() - cpu_before
         wall = time.perf_counter() - wall_before
         await manager.close()
+        if encrypted:
+            await encryption.stop()
+            await databases.stop()
         return {"cpu_per_message": cpu / count, "wall": wall}
     finally:
         await http.close()
@@ -202,6 +354,17 @@ async def drop_postgres(admin: str, name: str) -> None:
     await connection.close()
 
 
+async def run_once(count: int, window: int, sqlite: bool, encrypted: bool) -> dict[str, float]:
+    with tempfile.TemporaryDirectory() as workdir:
+        if sqlite:
+            return await pipeline_cpu(count, window, f"sqlite:///{workdir}/bridge.db", Path(workdir), encrypted)
+        admin, name, uri = await fresh_postgres()
+        try:
+            return await pipeline_cpu(count, window, uri, Path(workdir), encrypted)
+        finally:
+            await drop_postgres(admin, name)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true")
@@ -210,23 +373,21 @@ def main() -> None:
     args = parser.parse_args()
     count = 200 if args.quick else 1000
     reference = bare_signal_cpu(2000)
-    with tempfile.TemporaryDirectory() as workdir:
-        if args.sqlite:
-            result = asyncio.run(pipeline_cpu(count, args.window, f"sqlite:///{workdir}/bridge.db", Path(workdir)))
-            backend = "SQLite"
-        else:
-            admin, name, uri = asyncio.run(fresh_postgres())
-            try:
-                result = asyncio.run(pipeline_cpu(count, args.window, uri, Path(workdir)))
-            finally:
-                asyncio.run(drop_postgres(admin, name))
-            backend = "Postgres"
-    per_message = result["cpu_per_message"]
+    plain = asyncio.run(run_once(count, args.window, args.sqlite, encrypted=False))
+    megolm = asyncio.run(run_once(count, args.window, args.sqlite, encrypted=True))
+    backend = "SQLite" if args.sqlite else "Postgres"
     print(f"messages:                       {count}, Matrix → gatekeeper → Matrix, {backend}")
-    print(f"bridge CPU per message:         {per_message * 1e6:.0f} µs (both directions)")
+    print(
+        f"bridge CPU per message:         {plain['cpu_per_message'] * 1e6:.0f} µs unencrypted portal (both directions)"
+    )
+    print(
+        f"bridge CPU per message:         {megolm['cpu_per_message'] * 1e6:.0f} µs encrypted portal (Megolm both ways)"
+    )
+    print(f"Megolm's share:                 {(megolm['cpu_per_message'] - plain['cpu_per_message']) * 1e6:.0f} µs")
     print(f"bare Signal encrypt+decrypt:    {reference * 1e6:.0f} µs")
-    print(f"throughput:                     {count / result['wall']:.0f} messages/s")
-    print(f"pipeline_overhead_ratio: {per_message / reference:.1f}")
+    print(f"throughput:                     {count / plain['wall']:.0f} / {count / megolm['wall']:.0f} messages/s")
+    print(f"pipeline_overhead_ratio: {plain['cpu_per_message'] / reference:.1f}")
+    print(f"encrypted_pipeline_overhead_ratio: {megolm['cpu_per_message'] / reference:.1f}")
 
 
 if __name__ == "__main__":

@@ -64,7 +64,7 @@ class Database(ABC):
         return next(iter(row.values())) if row else None
 
 
-async def _no_reset(connection: asyncpg.Connection) -> None:
+async def no_reset(connection: asyncpg.Connection) -> None:
     return None
 
 
@@ -80,7 +80,7 @@ class PostgresDatabase(Database):
     async def start(self) -> None:
         # No reset query on release: the bridge keeps no session state (no LISTEN, advisory
         # locks or SET), and the default reset costs a round trip per statement.
-        self._pool = await asyncpg.create_pool(self._dsn, min_size=1, max_size=self._max, reset=_no_reset)
+        self._pool = await asyncpg.create_pool(self._dsn, min_size=1, max_size=self._max, reset=no_reset)
 
     async def close(self) -> None:
         if self._pool is not None:

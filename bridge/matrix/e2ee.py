@@ -18,7 +18,7 @@ from typing import Any
 import aiohttp
 from mautrix.appservice import AppService
 from mautrix.client import Client
-from mautrix.crypto import OlmMachine, PgCryptoStore, RejectKeyShare
+from mautrix.crypto import OlmMachine, RejectKeyShare
 from mautrix.errors import EncryptionError, MatrixError
 from mautrix.types import (
     ASToDeviceEvent,
@@ -43,6 +43,7 @@ from mautrix.types import (
 
 from bridge.config import BridgeConfig
 
+from .crypto_store import CachedCryptoStore
 from .stores import BridgeStateStore
 
 log = logging.getLogger(__name__)
@@ -90,7 +91,7 @@ class Encryption:
             ),
         )
         self.client.api.as_user_id = az.bot_mxid
-        self.store = PgCryptoStore(az.bot_mxid, pickle_key, crypto_db)
+        self.store = CachedCryptoStore(az.bot_mxid, pickle_key, crypto_db)
         self.olm = _BridgeOlmMachine(self.client, self.store, state_store)
         # Every device of every member gets the room key (Element users rarely verify their
         # devices with a bridge), and keys from unverified devices are accepted.

@@ -9,6 +9,7 @@ we pin, not our alembic history, so that a mautrix upgrade brings its own migrat
 from __future__ import annotations
 
 import logging
+from typing import Any
 from urllib.parse import unquote, urlparse
 
 from mautrix.appservice.state_store.asyncpg import PgASStateStore
@@ -16,6 +17,8 @@ from mautrix.crypto import PgCryptoStore
 from mautrix.crypto import StateStore as CryptoStateStore
 from mautrix.types import RoomID
 from mautrix.util.async_db import Database
+
+from bridge.db.database import no_reset
 
 
 class BridgeStateStore(PgASStateStore, CryptoStateStore):
@@ -52,7 +55,11 @@ class MautrixDatabases:
 
     def __init__(self, uri: str) -> None:
         url = mautrix_url(uri)
-        args = {"min_size": 1, "max_size": 4}
+        args: dict[str, Any] = {"min_size": 1, "max_size": 4}
+        if not url.startswith("sqlite:"):
+            # As for the bridge's own pool: mautrix keeps no session state on a connection,
+            # and asyncpg's reset query would cost a round trip per statement.
+            args["reset"] = no_reset
         self.state = Database.create(
             url, upgrade_table=PgASStateStore.upgrade_table, db_args=dict(args), log=logging.getLogger("mau.db")
         )

@@ -1,0 +1,142 @@
+"""The cached crypto store: reads from memory, every write where a fresh process finds it."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+
+import pytest
+from mautrix.crypto import InboundGroupSession, OutboundGroupSession
+from mautrix.errors import GroupSessionWithheldError
+from mautrix.types import (
+    CrossSigner,
+    CrossSigningUsage,
+    DeviceID,
+    DeviceIdentity,
+    IdentityKey,
+    RoomID,
+    SessionID,
+    SigningKey,
+    TrustState,
+    UserID,
+)
+from mautrix.util.async_db import Database
+
+from bridge.matrix import crypto_store
+from bridge.matrix.crypto_store import CachedCryptoStore
+from bridge.matrix.stores import MautrixDatabases
+
+ROOM = RoomID("!room:test")
+ALICE = UserID("@alice:test")
+SENDER_KEY = IdentityKey("c" * 43)
+
+
+@pytest.fixture
+async def databases(db_uri: str) -> AsyncIterator[MautrixDatabases]:
+    databases = MautrixDatabases(db_uri)
+    await databases.start()
+    yield databases
+    await databases.stop()
+
+
+async def open_store(db: Database) -> CachedCryptoStore:
+    store = CachedCryptoStore("@bot:test", "pickle key", db)
+    await store.open()
+    await store.put_device_id(DeviceID("BOT"))
+    return store
+
+
+def inbound(room: RoomID = ROOM) -> InboundGroupSession:
+    outbound = OutboundGroupSession(room)
+    return InboundGroupSession(outbound.session_key, SigningKey("s" * 43), SENDER_KEY, room)
+
+
+class Counting:
+    """Counts the statements the store sends (wrapping the database's execute and fetches)."""
+
+    def __init__(self, db: Database, monkeypatch: pytest.MonkeyPatch) -> None:
+        self.count = 0
+        for name in ("execute", "fetch", "fetchrow", "fetchval"):
+            original = getattr(db, name)
+
+            async def counted(*args, original=original, **kwargs):
+                self.count += 1
+                return await original(*args, **kwargs)
+
+            monkeypatch.setattr(db, name, counted)
+
+
+async def test_inbound_sessions_are_read_once_and_their_bookkeeping_written_behind(
+    databases: MautrixDatabases, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(crypto_store, "FLUSH_DELAY", 0.01)
+    store = await open_store(databases.crypto)
+    session = inbound()
+    session_id = SessionID(session.id)
+    await store.put_group_session(ROOM, SENDER_KEY, session_id, session)
+    counting = Counting(databases.crypto, monkeypatch)
+    assert await store.get_group_session(ROOM, session_id) is session
+    assert counting.count == 0
+    # Decryption noting an index rewrites the same object: not at once, but soon.
+    session.ratchet_safety.next_index = 7
+    await store.put_group_session(ROOM, SENDER_KEY, session_id, session)
+    assert counting.count == 0
+    await store.close()
+    assert counting.count == 1
+    fresh = await open_store(databases.crypto)
+    stored = await fresh.get_group_session(ROOM, session_id)
+    assert stored is not None and stored.ratchet_safety.next_index == 7
+
+
+async def test_redaction_empties_the_cache(databases: MautrixDatabases) -> None:
+    store = await open_store(databases.crypto)
+    session = inbound()
+    await store.put_group_session(ROOM, SENDER_KEY, SessionID(session.id), session)
+    assert await store.get_group_session(ROOM, SessionID(session.id)) is session
+    await store.redact_group_session(ROOM, SessionID(session.id), "test")
+    # mautrix keeps a redacted session's row and raises on reading it: it is not the cached one.
+    with pytest.raises(GroupSessionWithheldError):
+        await store.get_group_session(ROOM, SessionID(session.id))
+
+
+async def test_outbound_index_is_written_through(databases: MautrixDatabases, monkeypatch: pytest.MonkeyPatch) -> None:
+    store = await open_store(databases.crypto)
+    outbound = OutboundGroupSession(ROOM)
+    outbound.shared = True
+    await store.add_outbound_group_session(outbound)
+    counting = Counting(databases.crypto, monkeypatch)
+    session = await store.get_outbound_group_session(ROOM)
+    assert session is outbound and counting.count == 0
+    session.encrypt("{}")
+    await store.update_outbound_group_session(session)
+    assert counting.count == 1
+    fresh = await open_store(databases.crypto)
+    assert (await fresh.get_outbound_group_session(ROOM)).message_count == 1
+    await store.remove_outbound_group_session(ROOM)
+    assert await store.get_outbound_group_session(ROOM) is None
+
+
+async def test_device_and_cross_signing_caches_follow_writes(
+    databases: MautrixDatabases, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    store = await open_store(databases.crypto)
+    device = DeviceIdentity(ALICE, DeviceID("A1"), SENDER_KEY, SigningKey("s" * 43), TrustState.UNVERIFIED, False, "a")
+    await store.put_devices(ALICE, {device.device_id: device})
+    assert (await store.find_device_by_key(ALICE, SENDER_KEY)).device_id == "A1"
+    assert list(await store.get_devices(ALICE)) == ["A1"]
+    counting = Counting(databases.crypto, monkeypatch)
+    assert (await store.find_device_by_key(ALICE, SENDER_KEY)).device_id == "A1"
+    assert list(await store.get_devices(ALICE)) == ["A1"]
+    assert counting.count == 0
+    renamed = DeviceIdentity(ALICE, DeviceID("A1"), SENDER_KEY, device.signing_key, TrustState.VERIFIED, False, "b")
+    await store.put_devices(ALICE, {renamed.device_id: renamed})
+    assert (await store.get_devices(ALICE))["A1"].trust == TrustState.VERIFIED
+
+    master, other = SigningKey("m" * 43), SigningKey("n" * 43)
+    await store.put_cross_signing_key(ALICE, CrossSigningUsage.MASTER, master)
+    assert (await store.get_cross_signing_keys(ALICE))[CrossSigningUsage.MASTER].key == master
+    await store.put_cross_signing_key(ALICE, CrossSigningUsage.MASTER, other)
+    assert (await store.get_cross_signing_keys(ALICE))[CrossSigningUsage.MASTER].key == other
+    target, signer = CrossSigner(ALICE, other), CrossSigner(ALICE, master)
+    assert not await store.is_key_signed_by(target, signer)
+    await store.put_signature(target, signer, "signature")
+    assert await store.is_key_signed_by(target, signer)
