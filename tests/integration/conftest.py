@@ -128,15 +128,17 @@ async def messenger_stack(tmp_path_factory) -> AsyncIterator[Stack]:
     await tear_down(built, admin, database)
 
 
-def _quick_key_wait(data: dict[str, Any]) -> None:
-    # A short wait for late keys, so that the give-up path runs in seconds.
+def _e2ee_settings(data: dict[str, Any]) -> None:
+    # A short wait for late keys, so that the give-up path runs in seconds, and room keys
+    # replaced every few messages, so that every conversation crosses a rotation.
     data["bridge"]["encryption"]["key_wait_seconds"] = 4
+    data["bridge"]["encryption"]["rotation"]["messages"] = 5
 
 
 @pytest_asyncio.fixture(scope="session", loop_scope="session")
 async def e2ee_stack(tmp_path_factory) -> AsyncIterator[Stack]:
     """A stack of its own: the encryption tests restart its bridge."""
-    built, admin, database = await build_stack(tmp_path_factory.mktemp("e2ee"), "whatsapp", _quick_key_wait)
+    built, admin, database = await build_stack(tmp_path_factory.mktemp("e2ee"), "whatsapp", _e2ee_settings)
     yield built
     await tear_down(built, admin, database)
 

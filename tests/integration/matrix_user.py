@@ -105,6 +105,7 @@ class MatrixUser:
             return
         raw = decrypted.serialize()
         raw["encrypted"] = True
+        raw["session_id"] = evt.content.session_id
         await self._append(raw)
 
     async def _append(self, raw: dict[str, Any]) -> None:

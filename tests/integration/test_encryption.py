@@ -6,8 +6,10 @@ settings, and no plaintext in Synapse's database or the bridge's."""
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 import uuid
+from collections import Counter
 from dataclasses import replace
 from typing import Any
 
@@ -72,7 +74,10 @@ def bridge_posts(stack: Stack, user: MatrixUser | ElementUser, portal: str) -> l
 
 
 @pytest.mark.parametrize("kind", ["element", "mautrix"])
-async def test_an_encrypted_portal_carries_everything_both_ways(e2ee_stack: Stack, element: ElementPeer, kind: str):
+async def test_an_encrypted_portal_carries_everything_both_ways(
+    e2ee_stack: Stack, element: ElementPeer, kind: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.DEBUG)  # everything the bridge and mautrix log, for the search below
     stack = e2ee_stack
     user = await new_user(stack, element, kind)
     portal, native, iid = await chat(stack, user)
@@ -153,6 +158,13 @@ async def test_an_encrypted_portal_carries_everything_both_ways(e2ee_stack: Stac
     assert all(e.get("encrypted") for e in posted), [e["type"] for e in posted if not e.get("encrypted")]
     assert not user.undecryptable
     assert not [e for e in posted if e["content"].get("reason") == UNDECRYPTABLE]
+    # The bridge replaced its room key every 5 messages (this stack's rotation setting).
+    uses = Counter(e["session_id"] for e in posted)
+    assert len(uses) >= 2 and max(uses.values()) <= 5, uses
+    # And no plaintext went to the log, even at DEBUG.
+    logged = caplog.text
+    assert "Megolm" in logged or "megolm" in logged or "group session" in logged.lower()
+    assert not [text for text in PLAINTEXTS if text in logged]
     await user.close()
 
 

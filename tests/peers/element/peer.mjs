@@ -38,6 +38,7 @@ function record(entry, ev) {
     encrypted: ev.isEncrypted(),
     undecryptable: failed,
     sender_device: ev.isEncrypted() ? (ev.getWireContent().device_id ?? null) : null,
+    session_id: ev.isEncrypted() ? (ev.getWireContent().session_id ?? null) : null,
   });
 }
 
