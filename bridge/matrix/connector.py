@@ -6,25 +6,22 @@ transaction and the homeserver sends it again, rather than an event being acknow
 and lost. Sending to the gatekeeper and running commands happen beside the transaction.
 
 In encrypted rooms every message event the bridge posts is Megolm-encrypted; when that is
-impossible the send fails, it never goes out in plaintext. An event whose room key has not
-arrived is kept (as ciphertext) and bridged when the key comes; see ``_encrypted``.
+impossible the send fails, it never goes out in plaintext. Encrypted events coming in are
+decrypted, or kept until their key comes, by ``encrypted_events.EncryptedEvents``.
 """
 
 from __future__ import annotations
 
-import asyncio
 import base64
 import hashlib
 import hmac
-import json
 import logging
 import re
-import time
 from typing import Any
 
 from aiohttp import web
 from mautrix.appservice import AppService
-from mautrix.errors import DecryptionError, MatrixError, SessionNotFound
+from mautrix.errors import MatrixError
 from mautrix.types import (
     EncryptedEvent,
     EventType,
@@ -38,7 +35,6 @@ from mautrix.types import (
     RedactionEvent,
     RoomEncryptionStateEventContent,
     RoomID,
-    SessionID,
     StateEvent,
     TextMessageEventContent,
     TypingEvent,
@@ -48,17 +44,17 @@ from mautrix.types import (
 from bridge.config import BridgeConfig
 from bridge.core.bridge import BridgeCore
 from bridge.core.commands import CommandState, dispatch
-from bridge.core.matrix_api import BridgeInfo, SendStatus, StatusReport
+from bridge.core.matrix_api import BridgeInfo, StatusReport
 from bridge.db.undecrypted import UndecryptedStore
 
 from .e2ee import Encryption, EncryptionSetupError
+from .encrypted_events import EncryptedEvents
 from .stores import BridgeStateStore, MautrixDatabases
 
 log = logging.getLogger(__name__)
 STATUS_EVENT = EventType.find("com.beeper.message_send_status", EventType.Class.MESSAGE)
 BRIDGE_STATE = ("m.bridge", "uk.half-shot.bridge")
 COMMAND_PREFIX = "!dma"
-UNDECRYPTABLE = "com.beeper.undecryptable_event"
 MEGOLM = "m.megolm.v1.aes-sha2"
 
 
@@ -105,13 +101,13 @@ class MatrixConnector:
         self._management_rooms: set[str] = set()
         self._typing: dict[str, set[str]] = {}
         self.e2ee: Encryption | None = None
-        self._undecrypted: UndecryptedStore | None = None
-        self._expiry: asyncio.Task[None] | None = None
+        self._encrypted: EncryptedEvents | None = None
 
     @property
-    def undecrypted(self) -> UndecryptedStore:
-        assert self._undecrypted is not None, "used before start()"
-        return self._undecrypted
+    def encrypted(self) -> EncryptedEvents:
+        """Encrypted events from Matrix (set up at start)."""
+        assert self._encrypted is not None, "used before start()"
+        return self._encrypted
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -120,7 +116,6 @@ class MatrixConnector:
         encryption, the crypto handlers are in place before the listener starts, since the
         homeserver drops to-device events it cannot deliver."""
         assert self.core is not None
-        self._undecrypted = UndecryptedStore(self.core.db)
         try:
             await self.databases.start()
         except Exception as exc:
@@ -135,7 +130,9 @@ class MatrixConnector:
                 self.is_puppet,
             )
             self.e2ee.install_handlers()
-            self.e2ee.olm.on_session = self._session_arrived
+        self._encrypted = EncryptedEvents(
+            self.config.encryption, self.e2ee, UndecryptedStore(self.core.db), self, self._handle, self.core.spawn
+        )
         await self.az.start(self.config.hostname, self.config.port)
         try:
             await self.az.intent.ensure_registered()
@@ -162,13 +159,11 @@ class MatrixConnector:
                 await self.stop()
                 raise StartupError(f"bridge.encryption: {exc}") from exc
             log.info("end-to-bridge encryption ready; the bridge's device is %s", self.e2ee.device_id)
-            self._expiry = asyncio.get_running_loop().create_task(self._expire_undecrypted(), name="late keys")
-            for item in await self.undecrypted.all():
-                self.core.spawn(self._retry_undecrypted(item.event_id), f"retry {item.event_id}")
+            await self.encrypted.start()
 
     async def stop(self) -> None:
-        if self._expiry is not None:
-            self._expiry.cancel()
+        if self._encrypted is not None:
+            self._encrypted.stop()
         await self.az.stop()
         if self.e2ee is not None:
             await self.e2ee.stop()
@@ -209,7 +204,7 @@ class MatrixConnector:
         elif self._ours(getattr(evt, "sender", "")):
             return
         elif isinstance(evt, EncryptedEvent):
-            await self._encrypted(evt)
+            await self.encrypted.handle(evt)
         elif isinstance(evt, MessageEvent) and evt.type == EventType.ROOM_MESSAGE:
             await self._message(evt)
         elif isinstance(evt, ReactionEvent):
@@ -253,114 +248,6 @@ class MatrixConnector:
             await self.state_store.update_state(state)
         if not await self.state_store.knows_encryption(room_id):
             await self.state_store.set_unencrypted(room_id)
-
-    # ------------------------------------------------------------------ encrypted events
-
-    async def _encrypted(self, evt: EncryptedEvent) -> None:
-        """Decrypt and handle as if it came in plaintext; without the room key yet, keep the
-        ciphertext, say so, and wait for the key beside the transaction (the key comes in a
-        later transaction, which this one would otherwise hold up)."""
-        if self.e2ee is None:
-            await self._undecryptable(
-                evt,
-                SendStatus.FAIL_PERMANENT,
-                "This bridge is not set up for encrypted rooms, so your message was not delivered. Ask the "
-                "bridge's admin to turn on bridge.encryption, or use an unencrypted room.",
-            )
-            return
-        try:
-            decrypted = await self.e2ee.decrypt(evt)
-        except SessionNotFound as exc:
-            if await self.undecrypted.add(evt.event_id, evt.room_id, exc.session_id, json.dumps(evt.serialize())):
-                await self._undecryptable(
-                    evt,
-                    SendStatus.FAIL_RETRIABLE,
-                    "The bridge has not received the key for this message yet; it is waiting for it.",
-                    notice=False,
-                )
-                assert self.core is not None
-                self.core.spawn(self._await_key(evt, SessionID(exc.session_id)), f"key for {evt.event_id}")
-            return
-        except DecryptionError as exc:
-            log.warning("could not decrypt %s in %s: %s", evt.event_id, evt.room_id, type(exc).__name__)
-            await self._undecryptable(
-                evt,
-                SendStatus.FAIL_PERMANENT,
-                "The bridge could not decrypt this message, so it was not delivered. Send it again; if this "
-                "keeps happening, sign out of the device you sent it from and in again.",
-            )
-            return
-        await self._handle(decrypted)
-
-    async def _undecryptable(self, evt: EncryptedEvent, status: SendStatus, text: str, notice: bool = True) -> None:
-        await self.send_status(evt.room_id, evt.event_id, StatusReport(status, UNDECRYPTABLE, text))
-        if notice:
-            await self.send_notice(evt.room_id, f"⚠️ {text}")
-
-    async def _await_key(self, evt: EncryptedEvent, session_id: SessionID) -> None:
-        assert self.e2ee is not None
-        wait = self.config.encryption.key_wait_seconds
-        if await self.e2ee.wait_for_key(evt, session_id, wait):
-            await self._retry_undecrypted(evt.event_id)
-            return
-        item = await self.undecrypted.get(evt.event_id)
-        if item is None:
-            return  # bridged meanwhile
-        hours = self.config.encryption.late_key_hours
-        text = (
-            "Your message has not been delivered: the bridge never received its decryption key from your device. "
-            f"It goes out by itself if the key still arrives in the next {hours:g} hours (keep the device you sent "
-            "it from online). Otherwise send it again, and if this keeps happening, verify that device or sign in "
-            "again."
-        )
-        await self.send_status(evt.room_id, evt.event_id, StatusReport(SendStatus.FAIL_RETRIABLE, UNDECRYPTABLE, text))
-        notice = await self.send_notice(evt.room_id, f"⚠️ {text}")
-        await self.undecrypted.noticed(evt.event_id, notice)
-
-    def _session_arrived(self, session_id: SessionID) -> None:
-        assert self.core is not None
-        self.core.spawn(self._retry_session(session_id), f"late key {session_id}")
-
-    async def _retry_session(self, session_id: SessionID) -> None:
-        for item in await self.undecrypted.for_session(session_id):
-            await self._retry_undecrypted(item.event_id)
-
-    async def _retry_undecrypted(self, event_id: str) -> None:
-        """Bridge a kept event if its key is here now; exactly once, whoever calls first."""
-        assert self.e2ee is not None
-        item = await self.undecrypted.get(event_id)
-        if item is None:
-            return
-        evt = EncryptedEvent.deserialize(json.loads(item.event))
-        try:
-            decrypted = await self.e2ee.decrypt(evt)
-        except SessionNotFound:
-            return  # still waiting
-        except DecryptionError as exc:
-            log.warning("could not decrypt %s after its key came: %s", event_id, type(exc).__name__)
-            if await self.undecrypted.remove(event_id):
-                await self._undecryptable(
-                    evt, SendStatus.FAIL_PERMANENT, "The bridge could not decrypt this message; send it again."
-                )
-            return
-        if not await self.undecrypted.remove(event_id):
-            return
-        if item.notice_event_id:
-            try:
-                await self.az.intent.redact(RoomID(item.room_id), item.notice_event_id, "The key arrived.")
-            except MatrixError:
-                log.info("could not remove the missing-key notice in %s", item.room_id)
-        await self._handle(decrypted)
-
-    async def _expire_undecrypted(self) -> None:
-        """Hourly: events whose key never came are given up, and their senders told."""
-        while True:
-            cutoff = int((time.time() - self.config.encryption.late_key_hours * 3600) * 1000)
-            for item in await self.undecrypted.expire(cutoff):
-                text = "The key for this message never arrived, so it was not delivered. Send it again."
-                report = StatusReport(SendStatus.FAIL_PERMANENT, UNDECRYPTABLE, text)
-                await self.send_status(item.room_id, item.event_id, report)
-            await asyncio.sleep(3600)
 
     # ------------------------------------------------------------------ sending
 
@@ -461,6 +348,12 @@ class MatrixConnector:
         if html != text:
             content.format, content.formatted_body = Format.HTML, html
         return await self._send(room_id, self.bot_mxid, EventType.ROOM_MESSAGE, content)
+
+    async def redact_notice(self, room_id: str, event_id: str) -> None:
+        try:
+            await self.az.intent.redact(RoomID(room_id), event_id, "No longer true.")
+        except MatrixError:
+            log.info("could not remove a notice in %s", room_id)
 
     async def send_status(self, room_id: str, event_id: str, report: StatusReport) -> None:
         portal = await self.core.portals.by_room(room_id) if self.core else None

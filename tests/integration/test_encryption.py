@@ -234,11 +234,11 @@ async def test_a_restart_keeps_the_device_and_its_sessions(e2ee_stack: Stack, el
     assert later in texts
     assert not user.undecryptable
     assert not [e for e in bridge_posts(stack, user, portal) if e["content"].get("reason") == UNDECRYPTABLE]
-    assert not await stack.bridge.matrix.undecrypted.all()
+    assert not await stack.bridge.matrix.encrypted.store.all()
     await user.close()
 
 
-async def test_a_late_key_still_bridges_the_message(e2ee_stack: Stack) -> None:
+async def test_a_late_key_still_bridges_the_message_even_after_a_restart(e2ee_stack: Stack) -> None:
     stack = e2ee_stack
     alice = await stack.user()
     portal, native, _ = await chat(stack, alice)
@@ -260,6 +260,11 @@ async def test_a_late_key_still_bridges_the_message(e2ee_stack: Stack) -> None:
     # The bounded wait (4 s in this stack) runs out: the sender hears what to do.
     notice = await alice.notice(portal, "never received its decryption key", timeout=30)
     assert [m for m in await stack.sandbox.events(native["iid"], "message") if m["content"].get("text") == late] == []
+    # The kept ciphertext outlives a restart of the bridge.
+    await stack.bridge.stop()
+    stack.bridge = BridgeApp(stack.bridge.config)
+    await stack.bridge.start()
+    assert [item.event_id for item in await stack.bridge.matrix.encrypted.store.all()] == [event_id]
 
     alice.client.send_to_device = original  # type: ignore[method-assign]
     for args, kwargs in held:
@@ -274,7 +279,7 @@ async def test_a_late_key_still_bridges_the_message(e2ee_stack: Stack) -> None:
             break
         await asyncio.sleep(0.1)
     assert len(delivered) == 1
-    assert not await stack.bridge.matrix.undecrypted.all()
+    assert not await stack.bridge.matrix.encrypted.store.all()
     await alice.close()
 
 
