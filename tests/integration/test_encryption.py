@@ -365,3 +365,19 @@ async def test_missing_homeserver_settings_stop_startup(tmp_path) -> None:
             await built.bridge.start()
     finally:
         await tear_down(built, admin, database)
+
+
+async def test_a_homeserver_that_keeps_to_device_events_stops_startup(tmp_path) -> None:
+    """Without ephemeral events in the registration, Synapse never pushes to-device events:
+    the bridge's own test message does not come back, and start-up says what to set."""
+
+    def strip(document: dict[str, Any]) -> None:
+        document.pop("de.sorunome.msc2409.push_ephemeral", None)
+        document.pop("receive_ephemeral", None)
+
+    built, admin, database = await build_stack(tmp_path, "whatsapp", registration_tweak=strip, start_bridge=False)
+    try:
+        with pytest.raises(StartupError, match="does not push to-device events to the bridge \\(MSC2409\\)"):
+            await built.bridge.start()
+    finally:
+        await tear_down(built, admin, database)
