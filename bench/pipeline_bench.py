@@ -174,8 +174,8 @@ async def bridge_encryption(config: Any, uri: str) -> tuple[Encryption, MautrixD
         config, az, state, databases.crypto, pickle_key(config.at_rest_key), lambda user: user.endswith(":bench")
     )
     await encryption.store.open()
-    encryption.client.device_id = DeviceID("BRIDGEDEV")
-    await encryption.store.put_device_id(encryption.client.device_id)
+    encryption.bot.client.device_id = DeviceID("BRIDGEDEV")
+    await encryption.store.put_device_id(encryption.bot.client.device_id)
     await encryption.olm.load()
     # Alice's cross-signing keys would be fetched from the homeserver once; there is none.
     encryption.olm._cs_fetch_attempted.add(UserID("@alice:bench"))

@@ -92,6 +92,7 @@ class EncryptionConfig:
     default: bool = False
     msc4190: bool = True
     self_sign: bool = True
+    puppet_devices: bool = True
     key_wait_seconds: float = 20.0
     late_key_hours: float = 24.0
     rotation_messages: int = 100
@@ -273,6 +274,7 @@ def _encryption(data: Any) -> EncryptionConfig:
         default=default,
         msc4190=_get(data, "bridge.encryption.msc4190", bool),
         self_sign=_get(data, "bridge.encryption.self_sign", bool),
+        puppet_devices=_get(data, "bridge.encryption.puppet_devices", bool),
         key_wait_seconds=float(wait),
         late_key_hours=float(late),
         rotation_messages=messages,

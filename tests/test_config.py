@@ -146,7 +146,7 @@ def test_encryption_defaults_and_registration_flags(config_path: Path, tmp_path:
     registration = tmp_path / "registration.yaml"
     config = generate_registration(config_path, registration)
     rules = config.encryption
-    assert rules.allow and rules.default and rules.msc4190 and rules.self_sign
+    assert rules.allow and rules.default and rules.msc4190 and rules.self_sign and rules.puppet_devices
     assert (rules.rotation_messages, rules.rotation_ms) == (100, 604_800_000)
     data = read_yaml(registration)
     assert data["org.matrix.msc3202"] is True and data["io.element.msc4190"] is True

@@ -260,7 +260,7 @@ class MatrixConnector:
         if await self.is_encrypted(room_id):
             if self.e2ee is None:
                 raise EncryptionUnavailable(f"{room_id} is encrypted and bridge.encryption.allow is false")
-            content = await self.e2ee.encrypt(room, event_type, content)
+            content = await self.e2ee.encrypt(room, event_type, content, sender)
             event_type = EventType.ROOM_ENCRYPTED
         return await intent.send_message_event(room, event_type, content, timestamp=timestamp)
 

@@ -17,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections import OrderedDict
+from dataclasses import dataclass, field
 from typing import Any
 
 from mautrix.crypto import InboundGroupSession, OutboundGroupSession, PgCryptoStore
@@ -38,17 +39,32 @@ INBOUND_CACHE = 4096
 FLUSH_DELAY = 1.0
 
 
+@dataclass
+class KeyCache:
+    """What every account's store reads alike (the crypto tables of devices, cross-signing
+    keys and signatures have no account column): one cache for all the bridge's devices,
+    so that a write through any store empties it for all."""
+
+    devices: dict[UserID, dict[DeviceID, DeviceIdentity] | None] = field(default_factory=dict)
+    device_by_key: dict[tuple[UserID, IdentityKey], DeviceIdentity | None] = field(default_factory=dict)
+    cross_signing: dict[UserID, dict[CrossSigningUsage, TOFUSigningKey]] = field(default_factory=dict)
+    signed_by: dict[tuple[CrossSigner, CrossSigner], bool] = field(default_factory=dict)
+
+    def clear(self) -> None:
+        self.devices.clear()
+        self.device_by_key.clear()
+        self.cross_signing.clear()
+        self.signed_by.clear()
+
+
 class CachedCryptoStore(PgCryptoStore):
-    def __init__(self, account_id: str, pickle_key: str, db: Any) -> None:
+    def __init__(self, account_id: str, pickle_key: str, db: Any, keys: KeyCache | None = None) -> None:
         super().__init__(account_id, pickle_key, db)
         self._inbound: OrderedDict[tuple[RoomID, SessionID], InboundGroupSession] = OrderedDict()
         self._dirty: dict[tuple[RoomID, SessionID], tuple[IdentityKey, InboundGroupSession]] = {}
         self._flush_task: asyncio.Task[None] | None = None
         self._outbound: dict[RoomID, OutboundGroupSession | None] = {}
-        self._devices: dict[UserID, dict[DeviceID, DeviceIdentity] | None] = {}
-        self._device_by_key: dict[tuple[UserID, IdentityKey], DeviceIdentity | None] = {}
-        self._cross_signing: dict[UserID, dict[CrossSigningUsage, TOFUSigningKey]] = {}
-        self._signed_by: dict[tuple[CrossSigner, CrossSigner], bool] = {}
+        self.keys = keys if keys is not None else KeyCache()
 
     # ------------------------------------------------------------------ inbound Megolm sessions
 
@@ -142,49 +158,61 @@ class CachedCryptoStore(PgCryptoStore):
             self._outbound.pop(room_id, None)
         await super().remove_outbound_group_sessions(rooms)
 
+    async def remove_every_accounts_outbound_sessions(self, rooms: list[RoomID]) -> None:
+        """Every device's outbound session in these rooms, loaded or not, goes (someone in
+        them has a new device, which the old sessions were never shared with). The other
+        stores' caches are emptied by their owner."""
+        for room_id in rooms:
+            self._outbound.pop(room_id, None)
+            await self.db.execute("DELETE FROM crypto_megolm_outbound_session WHERE room_id = $1", room_id)
+
+    def forget_outbound(self, rooms: list[RoomID]) -> None:
+        for room_id in rooms:
+            self._outbound.pop(room_id, None)
+
     # ------------------------------------------------------------------ devices and cross-signing
 
     async def get_devices(self, user_id: UserID) -> dict[DeviceID, DeviceIdentity] | None:
-        if user_id not in self._devices:
-            self._devices[user_id] = await super().get_devices(user_id)
-        return self._devices[user_id]
+        if user_id not in self.keys.devices:
+            self.keys.devices[user_id] = await super().get_devices(user_id)
+        return self.keys.devices[user_id]
 
     async def find_device_by_key(self, user_id: UserID, identity_key: IdentityKey) -> DeviceIdentity | None:
         key = (user_id, identity_key)
-        if key not in self._device_by_key:
-            self._device_by_key[key] = await super().find_device_by_key(user_id, identity_key)
-        return self._device_by_key[key]
+        if key not in self.keys.device_by_key:
+            self.keys.device_by_key[key] = await super().find_device_by_key(user_id, identity_key)
+        return self.keys.device_by_key[key]
 
     async def put_devices(self, user_id: UserID, devices: dict[DeviceID, DeviceIdentity]) -> None:
         self._forget_devices(user_id)
         await super().put_devices(user_id, devices)
 
     def _forget_devices(self, user_id: UserID) -> None:
-        self._devices.pop(user_id, None)
-        for key in [k for k in self._device_by_key if k[0] == user_id]:
-            del self._device_by_key[key]
+        self.keys.devices.pop(user_id, None)
+        for key in [k for k in self.keys.device_by_key if k[0] == user_id]:
+            del self.keys.device_by_key[key]
 
     async def get_cross_signing_keys(self, user_id: UserID) -> dict[CrossSigningUsage, TOFUSigningKey]:
-        if user_id not in self._cross_signing:
-            self._cross_signing[user_id] = await super().get_cross_signing_keys(user_id)
-        return self._cross_signing[user_id]
+        if user_id not in self.keys.cross_signing:
+            self.keys.cross_signing[user_id] = await super().get_cross_signing_keys(user_id)
+        return self.keys.cross_signing[user_id]
 
     async def put_cross_signing_key(self, user_id: UserID, usage: CrossSigningUsage, key: SigningKey) -> None:
-        self._cross_signing.pop(user_id, None)
+        self.keys.cross_signing.pop(user_id, None)
         await super().put_cross_signing_key(user_id, usage, key)
 
     async def is_key_signed_by(self, target: CrossSigner, signer: CrossSigner) -> bool:
         key = (target, signer)
-        if key not in self._signed_by:
-            self._signed_by[key] = await super().is_key_signed_by(target, signer)
-        return self._signed_by[key]
+        if key not in self.keys.signed_by:
+            self.keys.signed_by[key] = await super().is_key_signed_by(target, signer)
+        return self.keys.signed_by[key]
 
     async def put_signature(self, target: CrossSigner, signer: CrossSigner, signature: str) -> None:
-        self._signed_by.clear()
+        self.keys.signed_by.clear()
         await super().put_signature(target, signer, signature)
 
     async def drop_signatures_by_key(self, signer: CrossSigner) -> int:
-        self._signed_by.clear()
+        self.keys.signed_by.clear()
         return await super().drop_signatures_by_key(signer)
 
     # ------------------------------------------------------------------ the whole store
@@ -193,10 +221,7 @@ class CachedCryptoStore(PgCryptoStore):
         self._dirty.clear()
         self._inbound.clear()
         self._outbound.clear()
-        self._devices.clear()
-        self._device_by_key.clear()
-        self._cross_signing.clear()
-        self._signed_by.clear()
+        self.keys.clear()
         await super().delete()
 
     async def close(self) -> None:

@@ -1,8 +1,14 @@
-"""End-to-bridge encryption: the bridge's Matrix device and its Olm/Megolm machine.
+"""End-to-bridge encryption: the bridge's Matrix devices and the routing between them.
 
 Appservice mode only: to-device events, device-list changes and one-time-key counts come
-in the homeserver's transactions (MSC2409, MSC3202), and the device is created by the
-bridge itself (MSC4190) or, for homeservers without it, by an appservice login. Nothing
+in the homeserver's transactions (MSC2409, MSC3202), and devices are created by the bridge
+itself (MSC4190) or, for the bot on homeservers without it, by an appservice login.
+
+The bot's device decrypts everything Matrix users send and encrypts what the bot posts
+(notices, send statuses). With ``puppet_devices`` each puppet gets a device of its own,
+cross-signed by the puppet's own keys, and encrypts what it posts: Element then shows the
+puppet's messages like any user's, instead of with the red "encrypted by an unknown or
+deleted device" shield it draws when the bot's device speaks for another user. Nothing
 here logs plaintext or key material.
 """
 
@@ -17,8 +23,7 @@ from typing import Any
 
 import aiohttp
 from mautrix.appservice import AppService
-from mautrix.client import Client
-from mautrix.crypto import OlmMachine, RejectKeyShare
+from mautrix.crypto import RejectKeyShare
 from mautrix.errors import EncryptionError, MatrixError
 from mautrix.types import (
     ASToDeviceEvent,
@@ -30,7 +35,6 @@ from mautrix.types import (
     EncryptedMegolmEventContent,
     Event,
     EventType,
-    LoginType,
     Membership,
     RequestedKeyInfo,
     RoomID,
@@ -43,28 +47,14 @@ from mautrix.types import (
 
 from bridge.config import BridgeConfig
 
-from .crypto_store import CachedCryptoStore
+from .crypto_store import KeyCache
+from .device import DeviceCrypto, EncryptionSetupError
 from .stores import BridgeStateStore
 
 log = logging.getLogger(__name__)
 SELF_TEST = EventType.find("fi.dma_bridge.push_check", EventType.Class.TO_DEVICE)
-DEVICE_NAME = "matrix-dma-bridge"
 
-
-class EncryptionSetupError(Exception):
-    """The homeserver lacks something end-to-bridge encryption needs; the text says what."""
-
-
-class _BridgeOlmMachine(OlmMachine):
-    """mautrix's machine, telling the bridge whenever a room key arrives, so that events
-    kept for a late key are retried at once, not only while something waits for it."""
-
-    on_session: Callable[[SessionID], None] | None = None
-
-    def _mark_session_received(self, session_id: SessionID) -> None:
-        super()._mark_session_received(session_id)
-        if self.on_session is not None:
-            self.on_session(session_id)
+__all__ = ["Encryption", "EncryptionSetupError"]
 
 
 class Encryption:
@@ -81,39 +71,82 @@ class Encryption:
         self.az = az
         self.state_store = state_store
         self._is_puppet = is_puppet
-        self.client = Client(
-            mxid=az.bot_mxid,
-            base_url=config.homeserver_address,
-            token=config.as_token,
-            state_store=state_store,
-            client_session=aiohttp.ClientSession(
-                connector=aiohttp.TCPConnector(ssl=None if config.verify_ssl else False)
-            ),
-        )
-        self.client.api.as_user_id = az.bot_mxid
-        self.store = CachedCryptoStore(az.bot_mxid, pickle_key, crypto_db)
-        self.olm = _BridgeOlmMachine(self.client, self.store, state_store)
-        # Every device of every member gets the room key (Element users rarely verify their
-        # devices with a bridge), and keys from unverified devices are accepted.
-        self.olm.share_keys_min_trust = TrustState.UNVERIFIED
-        self.olm.send_keys_min_trust = TrustState.UNVERIFIED
-        self.olm.allow_key_share = self._allow_key_share
-        self._share_locks: defaultdict[RoomID, asyncio.Lock] = defaultdict(asyncio.Lock)
+        self._crypto_db = crypto_db
+        self._pickle_key = pickle_key
+        self._keys = KeyCache()
+        self._http = aiohttp.ClientSession(connector=aiohttp.TCPConnector(ssl=None if config.verify_ssl else False))
+        self.bot = self._device(UserID(az.bot_mxid))
+        self.bot.olm.on_devices = self._devices_changed
+        self._puppets: dict[UserID, DeviceCrypto] = {}
+        self._puppet_locks: defaultdict[UserID, asyncio.Lock] = defaultdict(asyncio.Lock)
+        self._share_locks: defaultdict[tuple[UserID, RoomID], asyncio.Lock] = defaultdict(asyncio.Lock)
         self._push_check: asyncio.Future[None] | None = None
         self._push_nonce = ""
         self._otk_count_seen = asyncio.Event()
 
+    def _device(self, user_id: UserID) -> DeviceCrypto:
+        return DeviceCrypto(
+            self.config,
+            user_id,
+            self._crypto_db,
+            self._pickle_key,
+            self.state_store,
+            self._keys,
+            self._http,
+            self._allow_key_share,
+        )
+
+    # The bot's device is the one that decrypts; these name its parts.
+    @property
+    def olm(self) -> Any:
+        return self.bot.olm
+
+    @property
+    def store(self) -> Any:
+        return self.bot.store
+
     @property
     def device_id(self) -> str:
-        return str(self.client.device_id)
+        return str(self.bot.device_id)
+
+    # ------------------------------------------------------------------ puppets' devices
+
+    async def puppet(self, user_id: str, *, create: bool = True) -> DeviceCrypto | None:
+        """A puppet's device, started on first use; ``create=False`` only takes up one that
+        exists from an earlier run (a to-device event for it after a restart)."""
+        mxid = UserID(user_id)
+        device = self._puppets.get(mxid)
+        if device is not None:
+            return device
+        async with self._puppet_locks[mxid]:
+            if mxid in self._puppets:
+                return self._puppets[mxid]
+            device = self._device(mxid)
+            if not create and not await device.exists():
+                return None
+            await device.start(self.config.encryption.self_sign)
+            self._puppets[mxid] = device
+            return device
+
+    def _sender_device(self, sender: str) -> bool:
+        return self.config.encryption.puppet_devices and self._is_puppet(sender)
 
     # ------------------------------------------------------------------ pushes from the homeserver
 
     def install_handlers(self) -> None:
-        """Route the transaction's crypto parts to the machine; before the listener starts."""
+        """Route the transaction's crypto parts to the devices; before the listener starts."""
         self.az.to_device_handler = self._to_device
         self.az.otk_handler = self._otk_counts
         self.az.device_list_handler = self._device_lists
+
+    async def _owner(self, user_id: str, device_id: str | None) -> DeviceCrypto | None:
+        if user_id == self.az.bot_mxid:
+            device: DeviceCrypto | None = self.bot
+        elif self._is_puppet(user_id):
+            device = await self.puppet(user_id, create=False)
+        else:
+            return None
+        return device if device is not None and device_id == device.device_id else None
 
     async def _to_device(self, evt: ASToDeviceEvent) -> None:
         if evt.type == SELF_TEST:
@@ -121,90 +154,39 @@ class Encryption:
             if self._push_check is not None and not self._push_check.done() and nonce == self._push_nonce:
                 self._push_check.set_result(None)
             return
-        await self.olm.handle_as_to_device_event(evt)
+        device = await self._owner(evt.to_user_id, evt.to_device_id)
+        if device is not None:
+            await device.olm.handle_as_to_device_event(evt)
 
     async def _otk_counts(self, counts: dict[UserID, dict[DeviceID, DeviceOTKCount]]) -> None:
-        # Only our device's: the homeserver also reports devices of the bot that are not ours.
-        ours = counts.get(self.az.bot_mxid, {}).get(self.client.device_id)
-        if ours is not None:
-            self._otk_count_seen.set()
-            await self.olm.handle_as_otk_counts({self.az.bot_mxid: {self.client.device_id: ours}})
+        # Only our devices' counts: the homeserver also reports the bot's cross-signing keys as devices.
+        for user_id, devices in counts.items():
+            for device_id, count in devices.items():
+                device = await self._owner(user_id, device_id)
+                if device is None:
+                    continue
+                if device is self.bot:
+                    self._otk_count_seen.set()
+                await device.olm.handle_as_otk_counts({user_id: {device_id: count}})
 
     async def _device_lists(self, lists: DeviceLists) -> None:
-        await self.olm.handle_as_device_lists(lists)
+        # The bot's machine fetches the changed keys into the tables every device shares.
+        await self.bot.olm.handle_as_device_lists(lists)
+
+    async def _devices_changed(self, user_id: UserID) -> None:
+        """Someone's devices changed: no device of ours may go on with a room key that the
+        new device never got, in any room shared with them."""
+        rooms = await self.state_store.find_shared_rooms(user_id)
+        if rooms:
+            await self.bot.store.remove_every_accounts_outbound_sessions(rooms)
+            for device in self._puppets.values():
+                device.store.forget_outbound(rooms)
 
     # ------------------------------------------------------------------ start-up
 
     async def start(self) -> None:
-        """Open the store, create or reuse the device, upload keys, cross-sign, check pushes."""
-        await self.store.open()
-        device_id = await self.store.get_device_id()
-        await self._create_device(device_id)
-        await self.olm.load()
-        if not device_id:
-            await self.store.put_device_id(self.client.device_id)
-            await self.olm.share_keys()
-            log.info("created the bridge's Matrix device %s", self.client.device_id)
-        elif self.olm.account.shared and not await self._keys_on_server():
-            # The device was deleted on the homeserver (by an admin, or a database reset):
-            # its sessions are worthless; start over with a new device instead of failing.
-            log.warning("the bridge's device %s lost its keys on the homeserver; creating a new one", device_id)
-            await self.store.delete()
-            await self.start()
-            return
-        else:
-            await self.olm.share_keys()
-        if self.config.encryption.self_sign:
-            await self._self_sign()
-
-    async def _create_device(self, device_id: DeviceID | None) -> None:
-        if self.config.encryption.msc4190:
-            try:
-                await self.client.create_device_msc4190(device_id or DeviceID(_new_device_id()), DEVICE_NAME)
-            except MatrixError as exc:
-                raise EncryptionSetupError(
-                    f"the homeserver refused to create the bridge's device through MSC4190 ({exc}). Add "
-                    "`io.element.msc4190: true` to registration.yaml (Synapse 1.127 or newer), or set "
-                    "bridge.encryption.msc4190 to false on homeservers that allow appservice logins."
-                ) from exc
-            return
-        flows = await self.client.get_login_flows()
-        if not flows.supports_type(LoginType.APPSERVICE):
-            raise EncryptionSetupError(
-                "the homeserver offers no appservice login (m.login.application_service); set "
-                "bridge.encryption.msc4190 to true and add `io.element.msc4190: true` to registration.yaml."
-            )
-        try:
-            await self.client.login(
-                login_type=LoginType.APPSERVICE,
-                device_name=DEVICE_NAME,
-                device_id=device_id,
-                store_access_token=True,
-                update_hs_url=False,
-            )
-        except MatrixError as exc:
-            raise EncryptionSetupError(
-                f"the homeserver refused the appservice login ({exc}). With `io.element.msc4190: true` in "
-                "registration.yaml, set bridge.encryption.msc4190 to true as well."
-            ) from exc
-
-    async def _keys_on_server(self) -> bool:
-        response = await self.client.query_keys([self.client.mxid])
-        keys = response.device_keys.get(self.client.mxid, {}).get(self.client.device_id)
-        return keys is not None and len(keys.keys) > 0
-
-    async def _self_sign(self) -> None:
-        trust = await self.olm.resolve_trust(self.olm.own_identity)
-        if trust >= TrustState.CROSS_SIGNED_UNTRUSTED:
-            return
-        try:
-            # The recovery key is thrown away: the bridge never needs its cross-signing
-            # keys again once its one device is signed, and a key in a log is a leak.
-            await self.olm.generate_recovery_key()
-        except MatrixError as exc:
-            log.warning("could not cross-sign the bridge's device (%s); clients will show it unverified", exc)
-            return
-        log.info("cross-signed the bridge's device %s", self.client.device_id)
+        """The bot's device: created or taken up, keys uploaded, cross-signed."""
+        await self.bot.start(self.config.encryption.self_sign)
 
     async def check_pushes(self, timeout: float = 15.0) -> None:
         """Send a to-device event to our own device and wait for it in a transaction; the
@@ -212,8 +194,8 @@ class Encryption:
         homeserver or the registration lacks a setting, and encryption would fail later."""
         self._push_nonce = secrets.token_hex(8)
         self._push_check = asyncio.get_running_loop().create_future()
-        device = self.client.device_id
-        await self.client.send_to_device(SELF_TEST, {self.client.mxid: {device: {"nonce": self._push_nonce}}})
+        client, device = self.bot.client, self.bot.device_id
+        await client.send_to_device(SELF_TEST, {client.mxid: {device: {"nonce": self._push_nonce}}})
         try:
             await asyncio.wait_for(asyncio.shield(self._push_check), timeout)
         except TimeoutError:
@@ -233,28 +215,38 @@ class Encryption:
             ) from None
 
     async def stop(self) -> None:
-        await self.store.close()
-        await self.client.api.session.close()
+        for device in [self.bot, *self._puppets.values()]:
+            await device.close()
+        await self._http.close()
 
     # ------------------------------------------------------------------ rooms
 
     async def handle_member(self, evt: StateEvent) -> None:
-        """A member left or was removed: the next message needs a new room key. Puppets and
-        the bot have no devices of their own and never change who can read."""
+        """A member left or was removed: the next message needs a new room key, from every
+        device of ours that speaks there. Puppets and the bot never change who can read."""
         if self._is_puppet(evt.state_key) or evt.state_key == self.az.bot_mxid:
             return
-        await self.olm.handle_member_event(evt)
+        await self.bot.olm.handle_member_event(evt)
+        for device in self._puppets.values():
+            await device.olm.handle_member_event(evt)
 
-    async def encrypt(self, room_id: RoomID, event_type: EventType, content: Any) -> EncryptedMegolmEventContent:
+    async def encrypt(
+        self, room_id: RoomID, event_type: EventType, content: Any, sender: str | None = None
+    ) -> EncryptedMegolmEventContent:
+        """Encrypt as ``sender``'s device (a puppet's, with puppet_devices) or the bot's."""
+        device = self.bot
+        if sender is not None and self._sender_device(sender):
+            device = await self.puppet(sender) or self.bot
+        olm = device.olm
         try:
-            return await self.olm.encrypt_megolm_event(room_id, event_type, content)
+            return await olm.encrypt_megolm_event(room_id, event_type, content)
         except EncryptionError:
-            async with self._share_locks[room_id]:
+            async with self._share_locks[(device.user_id, room_id)]:
                 try:  # another sender shared a session while we waited for the lock
-                    return await self.olm.encrypt_megolm_event(room_id, event_type, content)
+                    return await olm.encrypt_megolm_event(room_id, event_type, content)
                 except EncryptionError:
-                    await self.olm.share_group_session(room_id, await self._readers(room_id))
-            return await self.olm.encrypt_megolm_event(room_id, event_type, content)
+                    await olm.share_group_session(room_id, await self._readers(room_id))
+            return await olm.encrypt_megolm_event(room_id, event_type, content)
 
     async def _readers(self, room_id: RoomID) -> list[UserID]:
         members = await self.state_store.get_members(room_id, (Membership.JOIN, Membership.INVITE))
@@ -262,25 +254,26 @@ class Encryption:
 
     async def decrypt(self, evt: EncryptedEvent) -> Event:
         """The plaintext event; raises SessionNotFound when the room key has not come yet."""
-        return await self.olm.decrypt_megolm_event(evt)
+        return await self.bot.olm.decrypt_megolm_event(evt)
 
     async def wait_for_key(self, evt: EncryptedEvent, session_id: SessionID, timeout: float) -> bool:
         """Wait for a room key, asking the sending device for it after a short while."""
+        olm = self.bot.olm
         content = evt.content
         assert isinstance(content, EncryptedMegolmEventContent)
-        if await self.olm.wait_for_session(evt.room_id, session_id, timeout=min(3.0, timeout)):
+        if await olm.wait_for_session(evt.room_id, session_id, timeout=min(3.0, timeout)):
             return True
-        if await self.store.has_group_session(evt.room_id, session_id):
+        if await self.bot.store.has_group_session(evt.room_id, session_id):
             return True
         devices = {evt.sender: [content.device_id]} if content.device_id else {}
         if devices:
             try:
-                return await self.olm.request_room_key(
+                return await olm.request_room_key(
                     evt.room_id, content.sender_key, session_id, devices, timeout=max(timeout - 3.0, 1.0)
                 )
             except MatrixError as exc:
                 log.warning("could not request a room key in %s: %s", evt.room_id, exc)
-        return await self.olm.wait_for_session(evt.room_id, session_id, timeout=max(timeout - 3.0, 1.0))
+        return await olm.wait_for_session(evt.room_id, session_id, timeout=max(timeout - 3.0, 1.0))
 
     async def _allow_key_share(self, device: DeviceIdentity, request: RequestedKeyInfo) -> bool:
         """A member's device may have the keys of the room it is in (a new device asking for
@@ -295,7 +288,3 @@ class Encryption:
                 "not a member", code=RoomKeyWithheldCode.UNAUTHORIZED, reason="You are not in this room."
             )
         return True
-
-
-def _new_device_id() -> str:
-    return "DMA" + secrets.token_hex(5).upper()

@@ -114,9 +114,15 @@ async def tear_down(stack: Stack, admin: str, database: str) -> None:
     await connection.close()
 
 
+def _bot_device_only(data: dict[str, Any]) -> None:
+    # The chat-feature tests run in encrypted portals where the bot's device speaks for the
+    # puppets; the encryption tests' stack gives puppets their own devices.
+    data["bridge"]["encryption"]["puppet_devices"] = False
+
+
 @pytest_asyncio.fixture(scope="session", loop_scope="session")
 async def stack(tmp_path_factory) -> AsyncIterator[Stack]:
-    built, admin, database = await build_stack(tmp_path_factory.mktemp("stack"), "whatsapp")
+    built, admin, database = await build_stack(tmp_path_factory.mktemp("stack"), "whatsapp", _bot_device_only)
     yield built
     await tear_down(built, admin, database)
 

@@ -22,7 +22,7 @@ from mautrix.types import (
 from mautrix.util.async_db import Database
 
 from bridge.matrix import crypto_store
-from bridge.matrix.crypto_store import CachedCryptoStore
+from bridge.matrix.crypto_store import CachedCryptoStore, KeyCache
 from bridge.matrix.stores import MautrixDatabases
 
 ROOM = RoomID("!room:test")
@@ -140,3 +140,30 @@ async def test_device_and_cross_signing_caches_follow_writes(
     assert not await store.is_key_signed_by(target, signer)
     await store.put_signature(target, signer, "signature")
     assert await store.is_key_signed_by(target, signer)
+
+
+async def test_every_account_sees_a_device_change_made_through_another(databases: MautrixDatabases) -> None:
+    """The bot's store and a puppet's share the device tables, and so one cache."""
+    keys = KeyCache()
+    bot = CachedCryptoStore("@bot:test", "pickle key", databases.crypto, keys)
+    puppet = CachedCryptoStore("@puppet:test", "pickle key", databases.crypto, keys)
+    first = DeviceIdentity(ALICE, DeviceID("A1"), SENDER_KEY, SigningKey("s" * 43), TrustState.UNVERIFIED, False, "a")
+    await bot.put_devices(ALICE, {first.device_id: first})
+    assert list(await puppet.get_devices(ALICE)) == ["A1"]
+    second = DeviceIdentity(
+        ALICE, DeviceID("A2"), IdentityKey("d" * 43), SigningKey("t" * 43), TrustState.UNVERIFIED, False, "b"
+    )
+    await bot.put_devices(ALICE, {first.device_id: first, second.device_id: second})
+    assert sorted(await puppet.get_devices(ALICE)) == ["A1", "A2"]
+
+
+async def test_a_new_device_ends_every_accounts_outbound_session(databases: MautrixDatabases) -> None:
+    bot, puppet = await open_store(databases.crypto), CachedCryptoStore("@puppet:test", "k", databases.crypto)
+    for store in (bot, puppet):
+        session = OutboundGroupSession(ROOM)
+        session.shared = True
+        await store.add_outbound_group_session(session)
+    await bot.remove_every_accounts_outbound_sessions([ROOM])
+    puppet.forget_outbound([ROOM])
+    assert await bot.get_outbound_group_session(ROOM) is None
+    assert await puppet.get_outbound_group_session(ROOM) is None

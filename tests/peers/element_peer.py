@@ -158,5 +158,9 @@ class ElementUser:
         """How this device sees another: known, and cross-signed by its owner."""
         return await self.peer.call("deviceStatus", name=self.name, userId=user_id, deviceId=device_id)
 
+    async def shield(self, room_id: str, event_id: str) -> dict[str, Any]:
+        """The shield Element draws next to an event: colour (0 none, 1 grey, 2 red) and reason."""
+        return await self.peer.call("shield", name=self.name, roomId=room_id, eventId=event_id)
+
     async def close(self) -> None:
         await self.peer.call("stop", name=self.name)

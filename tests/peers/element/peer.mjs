@@ -9,6 +9,7 @@
 //   redact  {name, roomId, eventId}                -> {eventId}
 //   events  {name, since}                          -> {events, next}
 //   deviceStatus {name, userId, deviceId}          -> {known, signedByOwner}
+//   shield  {name, roomId, eventId}                -> {colour, reason}  (Element's shield)
 //   stop    {name}                                 -> {}
 // Every timeline event a client sees is recorded in the shape of a Matrix event, after
 // decryption; an event that fails to decrypt is recorded with "undecryptable": true and
@@ -120,6 +121,13 @@ const ops = {
     await crypto.getUserDeviceInfo([userId], true);
     const status = await crypto.getDeviceVerificationStatus(userId, deviceId);
     return { known: status !== null, signedByOwner: Boolean(status?.signedByOwner) };
+  },
+  async shield({ name, roomId, eventId }) {
+    const { client } = entryOf(name);
+    const event = client.getRoom(roomId)?.findEventById(eventId);
+    if (!event) throw new Error(`no event ${eventId} in ${roomId}`);
+    const info = await client.getCrypto().getEncryptionInfoForEvent(event);
+    return { colour: info?.shieldColour ?? null, reason: info?.shieldReason ?? null };
   },
   async events({ name, since }) {
     const { events } = entryOf(name);
