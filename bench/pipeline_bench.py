@@ -330,6 +330,7 @@ async def pipeline_cpu(count: int, window: int, uri: str, workdir: Path, encrypt
         if encrypted:
             await encryption.stop()
             await databases.stop()
+        await sender.client.api.session.close()
         return {"cpu_per_message": cpu / count, "wall": wall}
     finally:
         await http.close()
