@@ -15,7 +15,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -24,7 +23,7 @@ from mautrix.types import EventType, RoomID
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench.pipeline_bench import SendingClient, bridge_encryption, drop_postgres, fresh_postgres
+from bench.pipeline_bench import SendingClient, bridge_encryption, on_fresh_database
 from bridge.config import EXAMPLE_PATH, parse_config, read_yaml
 
 ROOM = RoomID("!bench:bench")
@@ -75,14 +74,7 @@ def bare_megolm(count: int) -> float:
 
 
 async def run(count: int, sqlite: bool, cached: bool) -> tuple[float, float]:
-    if sqlite:
-        with tempfile.TemporaryDirectory() as workdir:
-            return await measure(f"sqlite:///{workdir}/bench.db", count, cached)
-    admin, name, uri = await fresh_postgres()
-    try:
-        return await measure(uri, count, cached)
-    finally:
-        await drop_postgres(admin, name)
+    return await on_fresh_database(sqlite, lambda uri, _: measure(uri, count, cached))
 
 
 def main() -> None:

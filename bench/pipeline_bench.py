@@ -34,8 +34,9 @@ import sys
 import tempfile
 import time
 import uuid
+from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import aiohttp
 import asyncpg
@@ -78,6 +79,8 @@ from bridge.matrix.e2ee import Encryption
 from bridge.matrix.stores import BridgeStateStore, MautrixDatabases
 from tests.postgres import server_dsn
 from tests.sandbox.harness import INTEGRATOR, free_port, spawn_sandbox_process
+
+T = TypeVar("T")
 
 
 class RecordingMatrix:
@@ -355,15 +358,20 @@ async def drop_postgres(admin: str, name: str) -> None:
     await connection.close()
 
 
-async def run_once(count: int, window: int, sqlite: bool, encrypted: bool) -> dict[str, float]:
+async def on_fresh_database(sqlite: bool, run: Callable[[str, Path], Awaitable[T]]) -> T:
+    """``run(uri, workdir)`` on a new SQLite file or a new Postgres database, dropped after."""
     with tempfile.TemporaryDirectory() as workdir:
         if sqlite:
-            return await pipeline_cpu(count, window, f"sqlite:///{workdir}/bridge.db", Path(workdir), encrypted)
+            return await run(f"sqlite:///{workdir}/bridge.db", Path(workdir))
         admin, name, uri = await fresh_postgres()
         try:
-            return await pipeline_cpu(count, window, uri, Path(workdir), encrypted)
+            return await run(uri, Path(workdir))
         finally:
             await drop_postgres(admin, name)
+
+
+async def run_once(count: int, window: int, sqlite: bool, encrypted: bool) -> dict[str, float]:
+    return await on_fresh_database(sqlite, lambda uri, workdir: pipeline_cpu(count, window, uri, workdir, encrypted))
 
 
 def main() -> None:

@@ -29,7 +29,7 @@ from mautrix.types import (
     UserID,
 )
 
-STATUS = "com.beeper.message_send_status"
+from tests.peers.matrix_waits import WaitsForEvents
 
 
 class _StateStore(MemoryStateStore, CryptoStateStore):
@@ -53,7 +53,7 @@ class _CryptoStore(MemoryCryptoStore):
             self._cross_signing_keys[user_id][usage] = current._replace(key=key)
 
 
-class MatrixUser:
+class MatrixUser(WaitsForEvents):
     def __init__(self, base: str, mxid: str) -> None:
         self.mxid = mxid
         self.state_store = _StateStore()
@@ -123,27 +123,6 @@ class MatrixUser:
                     await self._arrived.wait()
 
         return await asyncio.wait_for(find(), timeout)
-
-    async def notice(self, room_id: str, contains: str, timeout: float = 20) -> dict[str, Any]:
-        return await self.wait_for(
-            lambda e: (
-                e.get("room_id") == room_id
-                and e.get("type") == "m.room.message"
-                and e["content"].get("msgtype") == "m.notice"
-                and contains in e["content"].get("body", "")
-            ),
-            timeout,
-        )
-
-    async def status_of(self, event_id: str, status: str = "SUCCESS", timeout: float = 20) -> dict[str, Any]:
-        return await self.wait_for(
-            lambda e: (
-                e.get("type") == STATUS
-                and e["content"].get("status") == status
-                and e["content"].get("m.relates_to", {}).get("event_id") == event_id
-            ),
-            timeout,
-        )
 
     async def create_dm(self, invitee: str, encrypted: bool = False) -> str:
         initial_state = [{"type": "m.room.encryption", "content": {"algorithm": "m.megolm.v1.aes-sha2"}}]

@@ -15,9 +15,9 @@ from pathlib import Path
 from typing import Any
 
 from tests.peers import node
+from tests.peers.matrix_waits import WaitsForEvents
 
 PEER_DIR = Path(__file__).parent / "element"
-STATUS = "com.beeper.message_send_status"
 
 
 def peer_available() -> bool:
@@ -78,7 +78,7 @@ class ElementPeer:
             await self._process.wait()
 
 
-class ElementUser:
+class ElementUser(WaitsForEvents):
     """One device of a Matrix user, running Element's crypto."""
 
     def __init__(self, peer: ElementPeer, name: str, mxid: str, device_id: str) -> None:
@@ -114,27 +114,6 @@ class ElementUser:
                 await asyncio.sleep(0.1)
 
         return await asyncio.wait_for(find(), timeout)
-
-    async def notice(self, room_id: str, contains: str, timeout: float = 20) -> dict[str, Any]:
-        return await self.wait_for(
-            lambda e: (
-                e.get("room_id") == room_id
-                and e.get("type") == "m.room.message"
-                and e["content"].get("msgtype") == "m.notice"
-                and contains in e["content"].get("body", "")
-            ),
-            timeout,
-        )
-
-    async def status_of(self, event_id: str, status: str = "SUCCESS", timeout: float = 20) -> dict[str, Any]:
-        return await self.wait_for(
-            lambda e: (
-                e.get("type") == STATUS
-                and e["content"].get("status") == status
-                and e["content"].get("m.relates_to", {}).get("event_id") == event_id
-            ),
-            timeout,
-        )
 
     async def create_dm(self, invitee: str, encrypted: bool = True) -> str:
         """A direct chat, encrypted as Element creates them by default."""
