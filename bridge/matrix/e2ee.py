@@ -17,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import secrets
+import time
 from collections import defaultdict
 from collections.abc import Callable
 from typing import Any
@@ -53,6 +54,7 @@ from .stores import BridgeStateStore
 
 log = logging.getLogger(__name__)
 SELF_TEST = EventType.find("fi.dma_bridge.push_check", EventType.Class.TO_DEVICE)
+PUPPET_RETRY = 3600.0  # seconds before a puppet whose device could not be made is tried again
 
 __all__ = ["Encryption", "EncryptionSetupError"]
 
@@ -79,6 +81,7 @@ class Encryption:
         self.bot.olm.on_devices = self._devices_changed
         self._puppets: dict[UserID, DeviceCrypto] = {}
         self._puppet_locks: defaultdict[UserID, asyncio.Lock] = defaultdict(asyncio.Lock)
+        self._puppet_failures: dict[UserID, float] = {}
         self._share_locks: defaultdict[tuple[UserID, RoomID], asyncio.Lock] = defaultdict(asyncio.Lock)
         self._push_check: asyncio.Future[None] | None = None
         self._push_nonce = ""
@@ -127,6 +130,21 @@ class Encryption:
             await device.start(self.config.encryption.self_sign)
             self._puppets[mxid] = device
             return device
+
+    async def _puppet_or_bot(self, sender: str) -> DeviceCrypto:
+        """The puppet's device; if the homeserver will not make one, the bot's, so that the
+        message still goes out encrypted (with Element's shield on it), and a retry later."""
+        failed_at = self._puppet_failures.get(UserID(sender))
+        if failed_at is not None and time.monotonic() - failed_at < PUPPET_RETRY:
+            return self.bot
+        try:
+            device = await self.puppet(sender)
+        except (EncryptionSetupError, MatrixError) as exc:
+            log.warning("could not set up %s's device, the bot's device speaks for it: %s", sender, exc)
+            self._puppet_failures[UserID(sender)] = time.monotonic()
+            return self.bot
+        self._puppet_failures.pop(UserID(sender), None)
+        return device or self.bot
 
     def _sender_device(self, sender: str) -> bool:
         return self.config.encryption.puppet_devices and self._is_puppet(sender)
@@ -236,7 +254,7 @@ class Encryption:
         """Encrypt as ``sender``'s device (a puppet's, with puppet_devices) or the bot's."""
         device = self.bot
         if sender is not None and self._sender_device(sender):
-            device = await self.puppet(sender) or self.bot
+            device = await self._puppet_or_bot(sender)
         olm = device.olm
         try:
             return await olm.encrypt_megolm_event(room_id, event_type, content)

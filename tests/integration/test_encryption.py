@@ -15,9 +15,11 @@ from typing import Any
 
 import asyncpg
 import pytest
+from mautrix.errors import MatrixError
 
 from bridge.app import BridgeApp
 from bridge.matrix.connector import StartupError
+from bridge.matrix.device import DeviceCrypto
 from tests.integration.conftest import Stack, build_stack, tear_down
 from tests.integration.matrix_user import MatrixUser
 from tests.integration.test_bridge import log_in, open_chat
@@ -180,6 +182,26 @@ async def test_an_encrypted_portal_carries_everything_both_ways(
     logged = caplog.text
     assert "Megolm" in logged or "megolm" in logged or "group session" in logged.lower()
     assert not [text for text in PLAINTEXTS if text in logged]
+    await user.close()
+
+
+async def test_a_puppet_whose_device_is_refused_still_speaks_encrypted(
+    e2ee_stack: Stack, element: ElementPeer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The homeserver refuses a puppet's device: the bot's device encrypts for it instead."""
+    stack = e2ee_stack
+    user = await stack.element_user(element)
+    portal, native, iid = await chat(stack, user)
+
+    async def refused(self: DeviceCrypto, self_sign: bool) -> None:
+        raise MatrixError("the homeserver said no")
+
+    monkeypatch.setattr(DeviceCrypto, "start", refused)
+    text = secret("from a puppet without a device")
+    await stack.sandbox.control("POST", f"/natives/{native['iid']}/send", {"to": iid, "text": text})
+    event = await user.wait_for(body_is(portal, text))
+    assert event["encrypted"] and event["sender_device"] == stack.bridge.matrix.e2ee.device_id
+    assert not user.undecryptable
     await user.close()
 
 
