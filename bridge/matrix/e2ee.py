@@ -48,8 +48,8 @@ from mautrix.types import (
 
 from bridge.config import BridgeConfig
 
-from .crypto_store import KeyCache
-from .device import DeviceCrypto, EncryptionSetupError
+from .crypto_store import CachedCryptoStore, KeyCache
+from .device import BridgeOlmMachine, DeviceCrypto, EncryptionSetupError
 from .stores import BridgeStateStore
 
 log = logging.getLogger(__name__)
@@ -101,11 +101,11 @@ class Encryption:
 
     # The bot's device is the one that decrypts; these name its parts.
     @property
-    def olm(self) -> Any:
+    def olm(self) -> BridgeOlmMachine:
         return self.bot.olm
 
     @property
-    def store(self) -> Any:
+    def store(self) -> CachedCryptoStore:
         return self.bot.store
 
     @property
@@ -245,8 +245,11 @@ class Encryption:
         if self._is_puppet(evt.state_key) or evt.state_key == self.az.bot_mxid:
             return
         await self.bot.olm.handle_member_event(evt)
-        for device in self._puppets.values():
-            await device.olm.handle_member_event(evt)
+        speakers = await self.state_store.get_members(evt.room_id, (Membership.JOIN,))
+        for puppet in speakers:
+            device = self._puppets.get(puppet)
+            if device is not None:
+                await device.olm.handle_member_event(evt)
 
     async def encrypt(
         self, room_id: RoomID, event_type: EventType, content: Any, sender: str | None = None

@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 
 import pytest
-from mautrix.crypto import InboundGroupSession, OutboundGroupSession
+from mautrix.crypto import InboundGroupSession, OutboundGroupSession, PgCryptoStore
 from mautrix.errors import GroupSessionWithheldError
 from mautrix.types import (
     CrossSigner,
@@ -167,3 +168,31 @@ async def test_a_new_device_ends_every_accounts_outbound_session(databases: Maut
     puppet.forget_outbound([ROOM])
     assert await bot.get_outbound_group_session(ROOM) is None
     assert await puppet.get_outbound_group_session(ROOM) is None
+
+
+async def test_a_read_that_overlaps_a_write_is_not_cached(
+    databases: MautrixDatabases, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A device list fetched while another task reads it: the reader may see the old list,
+    but the cache must not keep it once the write is done."""
+    store = await open_store(databases.crypto)
+    first = DeviceIdentity(ALICE, DeviceID("A1"), SENDER_KEY, SigningKey("s" * 43), TrustState.UNVERIFIED, False, "a")
+    second = DeviceIdentity(
+        ALICE, DeviceID("A2"), IdentityKey("d" * 43), SigningKey("t" * 43), TrustState.UNVERIFIED, False, "b"
+    )
+    await store.put_devices(ALICE, {first.device_id: first})
+    entered, release = asyncio.Event(), asyncio.Event()
+    original = PgCryptoStore.put_devices
+
+    async def slow(self: PgCryptoStore, user_id: UserID, devices: dict) -> None:
+        entered.set()
+        await release.wait()
+        await original(self, user_id, devices)
+
+    monkeypatch.setattr(PgCryptoStore, "put_devices", slow)
+    writer = asyncio.get_running_loop().create_task(store.put_devices(ALICE, {"A1": first, "A2": second}))
+    await entered.wait()
+    assert list(await store.get_devices(ALICE)) == ["A1"]  # read while the write is under way
+    release.set()
+    await writer
+    assert sorted(await store.get_devices(ALICE)) == ["A1", "A2"]
