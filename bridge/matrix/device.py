@@ -25,6 +25,19 @@ from .stores import BridgeStateStore
 
 log = logging.getLogger(__name__)
 DEVICE_NAME = "matrix-dma-bridge"
+# mautrix warns on every message from a user who has not set up cross-signing, or whose
+# device is not signed; for a bridge that is ordinary, and would bury the warnings that matter.
+ORDINARY_TRUST_NOTES = ("Didn't find cross-signing key", "isn't cross-signed", "Couldn't resolve trust level")
+
+
+def _demote_trust_notes(record: logging.LogRecord) -> bool:
+    if record.levelno == logging.WARNING and any(note in str(record.msg) for note in ORDINARY_TRUST_NOTES):
+        record.levelno, record.levelname = logging.DEBUG, "DEBUG"
+        return logging.getLogger(record.name).isEnabledFor(logging.DEBUG)
+    return True
+
+
+logging.getLogger("mau.crypto").addFilter(_demote_trust_notes)
 
 
 class EncryptionSetupError(Exception):
