@@ -15,6 +15,7 @@ here logs plaintext or key material.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import secrets
 import time
@@ -84,7 +85,7 @@ class Encryption:
         self._puppet_failures: dict[UserID, float] = {}
         self._share_locks: defaultdict[tuple[UserID, RoomID], asyncio.Lock] = defaultdict(asyncio.Lock)
         self._push_check: asyncio.Future[None] | None = None
-        self._push_nonce = ""
+        self._push_nonces: set[str] = set()
         self._otk_count_seen = asyncio.Event()
 
     def _device(self, user_id: UserID) -> DeviceCrypto:
@@ -169,7 +170,7 @@ class Encryption:
     async def _to_device(self, evt: ASToDeviceEvent) -> None:
         if evt.type == SELF_TEST:
             nonce = evt.content.get("nonce") if isinstance(evt.content, dict) else getattr(evt.content, "nonce", None)
-            if self._push_check is not None and not self._push_check.done() and nonce == self._push_nonce:
+            if self._push_check is not None and not self._push_check.done() and nonce in self._push_nonces:
                 self._push_check.set_result(None)
             return
         device = await self._owner(evt.to_user_id, evt.to_device_id)
@@ -209,20 +210,27 @@ class Encryption:
     async def check_pushes(self, timeout: float = 15.0) -> None:
         """Send a to-device event to our own device and wait for it in a transaction; the
         same transaction must carry our one-time-key count. Missing either means the
-        homeserver or the registration lacks a setting, and encryption would fail later."""
-        self._push_nonce = secrets.token_hex(8)
+        homeserver or the registration lacks a setting, and encryption would fail later.
+
+        The event is sent again every 2 s: a homeserver that marked the bridge down while
+        it was away keeps only room events for it until it has caught up, and drops the
+        to-device events of that moment (Synapse does)."""
         self._push_check = asyncio.get_running_loop().create_future()
         client, device = self.bot.client, self.bot.device_id
-        await client.send_to_device(SELF_TEST, {client.mxid: {device: {"nonce": self._push_nonce}}})
-        try:
-            await asyncio.wait_for(asyncio.shield(self._push_check), timeout)
-        except TimeoutError:
+        deadline = time.monotonic() + timeout
+        while not self._push_check.done() and time.monotonic() < deadline:
+            nonce = secrets.token_hex(8)
+            self._push_nonces.add(nonce)
+            await client.send_to_device(SELF_TEST, {client.mxid: {device: {"nonce": nonce}}})
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(asyncio.shield(self._push_check), min(2.0, max(deadline - time.monotonic(), 0)))
+        if not self._push_check.done():
             raise EncryptionSetupError(
                 "the homeserver does not push to-device events to the bridge (MSC2409). In homeserver.yaml set "
                 "experimental_features: {msc2409_to_device_messages_enabled: true, msc3202_transaction_extensions: "
                 "true}, and in registration.yaml `de.sorunome.msc2409.push_ephemeral: true` and "
                 "`org.matrix.msc3202: true`; then restart the homeserver."
-            ) from None
+            )
         try:
             await asyncio.wait_for(self._otk_count_seen.wait(), 5)
         except TimeoutError:
