@@ -18,8 +18,8 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections import OrderedDict
-from collections.abc import Iterator
-from contextlib import contextmanager
+from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager, contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -80,6 +80,7 @@ class KeyCache:
     writes: Writes = field(default_factory=Writes)
 
     def clear(self) -> None:
+        """Every cached entry (the write count stays)."""
         self.devices.clear()
         self.device_by_key.clear()
         self.cross_signing.clear()
@@ -289,6 +290,16 @@ class CachedCryptoStore(PgCryptoStore):
         return dropped
 
     # ------------------------------------------------------------------ the whole store
+
+    @asynccontextmanager
+    async def transaction(self) -> AsyncIterator[None]:
+        """mautrix stores a fetched device list in one transaction: until it commits, what
+        other connections read is the old list, so nothing read meanwhile is cached, and
+        what was cached goes once it has committed."""
+        with self.keys.writes.writing():
+            async with super().transaction():
+                yield
+            self.keys.clear()
 
     async def delete(self) -> None:
         self._dirty.clear()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextvars
 from collections.abc import AsyncIterator
 
 import pytest
@@ -196,3 +197,23 @@ async def test_a_read_that_overlaps_a_write_is_not_cached(
     release.set()
     await writer
     assert sorted(await store.get_devices(ALICE)) == ["A1", "A2"]
+
+
+async def test_a_read_before_a_transaction_commits_is_not_cached(databases: MautrixDatabases) -> None:
+    """mautrix stores a fetched device list in a transaction; a reader between the write
+    and the commit sees the old list, which must not outlive the commit."""
+    if databases.crypto.scheme.value == "sqlite":
+        pytest.skip("SQLite has one connection: no reader runs beside a transaction")
+    store = await open_store(databases.crypto)
+    reader = CachedCryptoStore("@puppet:test", "pickle key", databases.crypto, store.keys)
+    first = DeviceIdentity(ALICE, DeviceID("A1"), SENDER_KEY, SigningKey("s" * 43), TrustState.UNVERIFIED, False, "a")
+    second = DeviceIdentity(
+        ALICE, DeviceID("A2"), IdentityKey("d" * 43), SigningKey("t" * 43), TrustState.UNVERIFIED, False, "b"
+    )
+    await store.put_devices(ALICE, {first.device_id: first})
+    async with store.transaction():
+        await store.put_devices(ALICE, {"A1": first, "A2": second})
+        # Another task outside the transaction (a fresh context: another connection).
+        seen = await asyncio.get_running_loop().create_task(reader.get_devices(ALICE), context=contextvars.Context())
+        assert list(seen) == ["A1"]
+    assert sorted(await reader.get_devices(ALICE)) == ["A1", "A2"]
