@@ -4,9 +4,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
 from enum import Enum
-from weakref import WeakKeyDictionary
 
-from bridge.signal import IdentityKeyPair
+from bridge.signal import IdentityKeyPair, next_prekey_id
 
 from .database import Database, Row
 from .sealed import Sealer
@@ -36,16 +35,14 @@ class Login:
     created_at: int
 
 
-_CACHES: WeakKeyDictionary[Database, dict[str, Login]] = WeakKeyDictionary()
-
-
 class LoginStore:
+    """Logins, with the loaded ones cached (unsealing costs). One instance per process
+    (``Stores``): every write goes through it and drops the entry it changes."""
+
     def __init__(self, db: Database, sealer: Sealer) -> None:
         self._db = db
         self._sealer = sealer
-        # Loaded logins (unsealing costs), shared by every LoginStore on this database and
-        # dropped on every write through any of them, so none can see a stale one.
-        self._cache = _CACHES.setdefault(db, {})
+        self._cache: dict[str, Login] = {}
 
     def _login(self, row: Row) -> Login:
         mxid = row["mxid"]
@@ -100,12 +97,12 @@ class LoginStore:
         return login
 
     async def by_iid(self, iid: str) -> Login | None:
-        row = await self._db.fetchrow("SELECT * FROM logins WHERE iid = $1", iid)
-        return self._login(row) if row else None
+        mxid = await self._db.fetchval("SELECT mxid FROM logins WHERE iid = $1", iid)
+        return await self.get(mxid) if mxid is not None else None
 
     async def by_uvid(self, uvid: str) -> Login | None:
-        row = await self._db.fetchrow("SELECT * FROM logins WHERE uvid = $1", uvid)
-        return self._login(row) if row else None
+        mxid = await self._db.fetchval("SELECT mxid FROM logins WHERE uvid = $1", uvid)
+        return await self.get(mxid) if mxid is not None else None
 
     async def all(self, state: LoginState | None = None) -> list[Login]:
         if state is None:
@@ -135,8 +132,6 @@ class LoginStore:
     async def reserve_pre_key_ids(self, mxid: str, count: int) -> int:
         """Reserve ``count`` one-time prekey ids; returns the first (they wrap at 24 bits)."""
         self._cache.pop(mxid, None)
-        from bridge.signal import next_prekey_id
-
         async with self._db.transaction():
             start = await self._db.fetchval("SELECT next_pre_key_id FROM logins WHERE mxid = $1", mxid)
             if start is None:

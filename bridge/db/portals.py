@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import dataclasses
 import time
+from collections import OrderedDict
 from dataclasses import dataclass
 
 from .database import Database, Row
+from .later import LaterWrites
 
 
 @dataclass(frozen=True)
@@ -118,7 +120,7 @@ class PortalStore:
 
 
 class PuppetStore:
-    """Puppets, cached: there are few, and they change only through :meth:`put`."""
+    """Puppets, cached: they change only through :meth:`put`."""
 
     def __init__(self, db: Database) -> None:
         self._db = db
@@ -139,58 +141,114 @@ class PuppetStore:
         return Puppet(row["iid"], row["uvid"], row["mxid"], row["displayname"]) if row else None
 
     async def put(self, puppet: Puppet) -> None:
-        self._cache[puppet.iid] = puppet
+        """Insert or update every field; cached only once written. A Matrix ID held by
+        another peer passes to this one (a phone number that moved to a new account)."""
+        moved = await self._db.fetchval(
+            "SELECT iid FROM puppets WHERE mxid = $1 AND iid <> $2", puppet.mxid, puppet.iid
+        )
+        if moved is not None:
+            await self._db.execute("DELETE FROM puppets WHERE iid = $1", moved)
+            self._db.after_commit(lambda: self._cache.pop(moved, None))
         await self._db.execute(
             "INSERT INTO puppets (iid, uvid, mxid, displayname) VALUES ($1, $2, $3, $4)"
-            " ON CONFLICT (iid) DO UPDATE SET uvid = excluded.uvid, displayname = excluded.displayname",
+            " ON CONFLICT (iid) DO UPDATE SET uvid = excluded.uvid, mxid = excluded.mxid,"
+            " displayname = excluded.displayname",
             puppet.iid,
             puppet.uvid,
             puppet.mxid,
             puppet.displayname,
         )
+        self._db.after_commit(lambda: self._cache.__setitem__(puppet.iid, puppet))
+
+
+_PUT_MESSAGE = (
+    "INSERT INTO messages (receiver, peer, gk_id, from_me, room_id, event_id, timestamp)"
+    " VALUES ($1, $2, $3, $4, $5, $6, $7) ON CONFLICT DO NOTHING"
+)
+RECENT_MESSAGES = 10_000
 
 
 class MessageStore:
-    def __init__(self, db: Database) -> None:
+    """The message map (gatekeeper id ⇄ Matrix event), with the recent entries in memory:
+    replies, reactions and receipts mostly point at recent messages."""
+
+    def __init__(self, db: Database, later: LaterWrites | None = None) -> None:
         self._db = db
+        self._later = later
+        self._by_gk: OrderedDict[tuple[str, str, str], MessageRef] = OrderedDict()
+        self._by_event: OrderedDict[tuple[str, str], MessageRef] = OrderedDict()
+
+    def _remember(self, ref: MessageRef) -> MessageRef:
+        self._by_gk[(ref.receiver, ref.peer, ref.gk_id)] = ref
+        self._by_event[(ref.room_id, ref.event_id)] = ref
+        while len(self._by_gk) > RECENT_MESSAGES:
+            self._by_gk.popitem(last=False)
+        while len(self._by_event) > RECENT_MESSAGES:
+            self._by_event.popitem(last=False)
+        return ref
+
+    @staticmethod
+    def _values(ref: MessageRef) -> tuple[object, ...]:
+        return (ref.receiver, ref.peer, ref.gk_id, ref.from_me, ref.room_id, ref.event_id, ref.timestamp)
 
     async def put(self, ref: MessageRef) -> None:
-        await self._db.execute(
-            "INSERT INTO messages (receiver, peer, gk_id, from_me, room_id, event_id, timestamp)"
-            " VALUES ($1, $2, $3, $4, $5, $6, $7) ON CONFLICT DO NOTHING",
-            ref.receiver,
-            ref.peer,
-            ref.gk_id,
-            ref.from_me,
-            ref.room_id,
-            ref.event_id,
-            ref.timestamp,
-        )
+        await self._db.execute(_PUT_MESSAGE, *self._values(ref))
+        self._db.after_commit(lambda: self._remember(ref))
+
+    async def put_later(self, ref: MessageRef) -> None:
+        """Map a message now (for this process: at once; in the database: a moment later,
+        with the end of the item it comes from, see ``later``)."""
+        self._remember(ref)
+        if self._later is None:
+            await self.put(ref)
+        else:
+            await self._later.add(_PUT_MESSAGE, *self._values(ref))
 
     async def by_gk_id(self, receiver: str, peer: str, gk_id: str) -> MessageRef | None:
+        cached = self._by_gk.get((receiver, peer, gk_id))
+        if cached is not None:
+            return cached
         row = await self._db.fetchrow(
             "SELECT * FROM messages WHERE receiver = $1 AND peer = $2 AND gk_id = $3", receiver, peer, gk_id
         )
-        return _message(row) if row else None
+        return self._remember(_message(row)) if row else None
 
     async def by_event(self, room_id: str, event_id: str) -> MessageRef | None:
+        cached = self._by_event.get((room_id, event_id))
+        if cached is not None:
+            return cached
         row = await self._db.fetchrow("SELECT * FROM messages WHERE room_id = $1 AND event_id = $2", room_id, event_id)
-        return _message(row) if row else None
+        return self._remember(_message(row)) if row else None
 
-    async def unread_from_peer(self, receiver: str, peer: str, room_id: str, up_to: int) -> list[MessageRef]:
-        """The peer's messages up to ``up_to`` that have no read receipt from us yet."""
+    def forget_receiver(self, receiver: str) -> None:
+        """After a login is erased (its messages went with it, by cascade)."""
+        for key, ref in list(self._by_gk.items()):
+            if key[0] == receiver:
+                del self._by_gk[key]
+                self._by_event.pop((ref.room_id, ref.event_id), None)
+
+    async def unread_from_peer(
+        self, receiver: str, peer: str, room_id: str, up_to: int, since: int = 0
+    ) -> list[MessageRef]:
+        """The peer's messages from ``since`` up to ``up_to`` that have no read receipt from
+        us yet (receipts older than the retention are gone, so older messages are not asked
+        about)."""
         rows = await self._db.fetch(
             "SELECT m.* FROM messages m LEFT JOIN receipts r ON r.receiver = m.receiver AND r.peer = m.peer"
             " AND r.gk_id = m.gk_id AND r.kind = 'read'"
             " WHERE m.receiver = $1 AND m.peer = $2 AND m.room_id = $3 AND m.from_me = $4 AND m.timestamp <= $5"
-            " AND r.gk_id IS NULL ORDER BY m.timestamp",
+            " AND m.timestamp >= $6 AND r.gk_id IS NULL ORDER BY m.timestamp",
             receiver,
             peer,
             room_id,
             False,
             up_to,
+            since,
         )
         return [_message(r) for r in rows]
+
+    async def prune_receipts(self, before_ms: int) -> int:
+        return await self._db.execute("DELETE FROM receipts WHERE timestamp < $1", before_ms)
 
     async def record_receipts(self, receiver: str, peer: str, gk_ids: list[str], kind: str) -> None:
         now = int(time.time() * 1000)

@@ -32,8 +32,10 @@ class DbSignalStore:
         self.mxid = mxid
         self._identity = identity
         self._registration_id = registration_id
-        # Write-through caches: one store serves one login's connection, and every change
-        # to a session or a peer identity goes through it, so what it last wrote is current.
+        # Write-through caches: one store per login (the connection manager's), and every
+        # change to a session or a peer identity goes through it. A write enters the cache
+        # only once its transaction committed, so the cache never holds what a rollback
+        # undid; the per-peer lock of the client keeps readers out until then.
         self._sessions: dict[str, SessionRecord] = {}
         self._identities: dict[str, bytes] = {}
 
@@ -45,39 +47,40 @@ class DbSignalStore:
     async def get_local_registration_id(self) -> int:
         return self._registration_id
 
+    def _cache_identity(self, address: str, serialized: bytes) -> None:
+        self._db.after_commit(lambda: self._identities.__setitem__(address, serialized))
+
     async def save_identity(self, address: ProtocolAddress, key: PublicKey) -> IdentityChange:
         serialized = key.serialize()
-        if self._identities.get(str(address)) == serialized:
+        name = str(address)
+        if self._identities.get(name) == serialized:
             return IdentityChange.NEW_OR_UNCHANGED
         async with self._db.transaction():
             old = await self._db.fetchval(
-                "SELECT identity_key FROM signal_identities WHERE mxid = $1 AND address = $2", self.mxid, str(address)
+                "SELECT identity_key FROM signal_identities WHERE mxid = $1 AND address = $2", self.mxid, name
             )
-            self._identities[str(address)] = serialized
             if old is not None and bytes(old) == serialized:
-                return IdentityChange.NEW_OR_UNCHANGED
-            if old is None:
-                await self._db.execute(
-                    "INSERT INTO signal_identities (mxid, address, identity_key, changed_at) VALUES ($1, $2, $3, $4)",
-                    self.mxid,
-                    str(address),
-                    serialized,
-                    int(time.time() * 1000),
-                )
+                self._cache_identity(name, serialized)
                 return IdentityChange.NEW_OR_UNCHANGED
             await self._db.execute(
-                "UPDATE signal_identities SET identity_key = $1, changed_at = $2 WHERE mxid = $3 AND address = $4",
+                "INSERT INTO signal_identities (mxid, address, identity_key, changed_at) VALUES ($1, $2, $3, $4)"
+                " ON CONFLICT (mxid, address) DO UPDATE SET identity_key = excluded.identity_key,"
+                " changed_at = excluded.changed_at",
+                self.mxid,
+                name,
                 serialized,
                 int(time.time() * 1000),
-                self.mxid,
-                str(address),
             )
-            return IdentityChange.REPLACED_EXISTING
+            self._cache_identity(name, serialized)
+            return IdentityChange.NEW_OR_UNCHANGED if old is None else IdentityChange.REPLACED_EXISTING
 
     async def is_trusted_identity(self, address: ProtocolAddress, key: PublicKey, direction: Direction) -> bool:
         return True
 
     async def get_identity(self, address: ProtocolAddress) -> PublicKey | None:
+        cached = self._identities.get(str(address))
+        if cached is not None:
+            return PublicKey.deserialize(cached)
         value = await self._db.fetchval(
             "SELECT identity_key FROM signal_identities WHERE mxid = $1 AND address = $2",
             self.mxid,
@@ -167,18 +170,18 @@ class DbSignalStore:
         return record
 
     async def store_session(self, address: ProtocolAddress, record: SessionRecord) -> None:
-        # Cached only once the write succeeded: a failed store must not leave a state the
+        # Cached only once the write committed: a failed store must not leave a state the
         # database does not have (records are immutable, so keeping the object is safe).
-        self._sessions.pop(str(address), None)
-        sealed = self._sealer.seal(record.serialize(), "session", self.mxid, str(address))
+        name = str(address)
+        sealed = self._sealer.seal(record.serialize(), "session", self.mxid, name)
         await self._db.execute(
             "INSERT INTO signal_sessions (mxid, address, record) VALUES ($1, $2, $3)"
             " ON CONFLICT (mxid, address) DO UPDATE SET record = excluded.record",
             self.mxid,
-            str(address),
+            name,
             sealed,
         )
-        self._sessions[str(address)] = record
+        self._db.after_commit(lambda: self._sessions.__setitem__(name, record))
 
     async def load_sender_key(self, sender: ProtocolAddress, distribution_id: str) -> SenderKeyRecord | None:
         value = await self._db.fetchval(

@@ -17,6 +17,7 @@ USER_TABLES = (
     ("receipts", "receiver"),
     ("outbox", "receiver"),
     ("inbox", "receiver"),
+    ("retry_receipts", "receiver"),
     ("partner_media", "owner"),
 )
 

@@ -25,6 +25,10 @@ TABLES = {
     "outbox",
     "inbox",
     "undecrypted_events",
+    "matrix_events",
+    "retry_receipts",
+    "kv",
+    "to_device_seen",
 }
 
 
@@ -38,7 +42,7 @@ async def _tables(db: Database) -> set[str]:
 
 async def test_migrations_create_the_schema_and_are_idempotent(db: Database, db_uri: str) -> None:
     assert await _tables(db) >= TABLES
-    assert await db.fetchval("SELECT version_num FROM alembic_version") == "0003"
+    assert await db.fetchval("SELECT version_num FROM alembic_version") == "0004"
     await upgrade(db_uri)  # running again changes nothing
     await asyncio.to_thread(command.downgrade, alembic_config(db_uri), "base")
     assert not (TABLES & await _tables(db))
@@ -142,3 +146,40 @@ async def test_sqlite_group_commit_shares_commits_and_returns_only_when_durable(
         other.close()
     finally:
         await db.close()
+
+
+async def test_a_batch_carries_its_writes_in_one_round_trip_all_or_nothing(db: Database) -> None:
+    seen: list[str] = []
+    before = db.statements
+    async with db.batch():
+        await db.execute("INSERT INTO kv (name, value, updated_at) VALUES ('a', '1', 1)")
+        await db.execute("INSERT INTO kv (name, value, updated_at) VALUES ('b', '2', 1)")
+        db.after_commit(lambda: seen.append("done"))
+        assert seen == [] and await db.fetchval("SELECT count(*) FROM kv") == 0, "nothing before the batch ends"
+        # A statement that returns rows takes the waiting writes with it.
+        row = await db.fetchrow("INSERT INTO kv (name, value, updated_at) VALUES ('c', '3', 1) RETURNING value")
+        assert row["value"] == "3"
+        assert await db.fetchval("SELECT count(*) FROM kv") == 3
+        await db.execute("UPDATE kv SET value = 'x' WHERE name = 'a'")
+    assert seen == ["done"]
+    assert await db.fetchval("SELECT value FROM kv WHERE name = 'a'") == "x"
+    # Three reads, and two round trips of writes: one with the RETURNING, one at the end.
+    assert db.statements - before == 5
+
+    async def conflicting() -> None:
+        async with db.batch():
+            await db.execute("INSERT INTO kv (name, value, updated_at) VALUES ('d', '4', 1)")
+            await db.execute("INSERT INTO kv (name, value, updated_at) VALUES ('a', 'dup', 1)")
+
+    with pytest.raises(Exception):  # noqa: B017, PT011 - either backend's integrity error
+        await conflicting()
+    assert await db.fetchval("SELECT count(*) FROM kv WHERE name = 'd'") == 0, "the failed group left nothing"
+
+    async def failing() -> None:
+        async with db.batch():
+            await db.execute("INSERT INTO kv (name, value, updated_at) VALUES ('e', '5', 1)")
+            raise RuntimeError("the step failed before its end")
+
+    with pytest.raises(RuntimeError):
+        await failing()
+    assert await db.fetchval("SELECT count(*) FROM kv WHERE name = 'e'") == 0

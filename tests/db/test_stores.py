@@ -196,7 +196,9 @@ async def test_no_key_material_or_plaintext_in_any_row(db: Database) -> None:
         event_id="$e1",
         payload=secret_text,
     )
-    await Inbox(db, sealer()).accept(receiver=MXID, sender="1@native", gk_id="N1", kind="text", payload=secret_text)
+    await Inbox(db, sealer()).accept(
+        receiver=MXID, sender="1@native", peer="1@native", gk_id="N1", kind="text", payload=secret_text
+    )
     dump = await _all_bytes(db)
     assert secret_text not in dump
     assert row.identity.key_pair.private not in dump
@@ -235,7 +237,13 @@ async def test_erasing_a_login_leaves_no_row(db: Database) -> None:
         event_id="$e2",
         payload=b"x",
     )
-    await Inbox(db, sealer()).accept(receiver=MXID, sender="1@native", gk_id="N1", kind="text", payload=b"y")
+    await Inbox(db, sealer()).accept(
+        receiver=MXID, sender="1@native", peer="1@native", gk_id="N1", kind="text", payload=b"y"
+    )
+    await db.execute(
+        "INSERT INTO retry_receipts (receiver, sender, gk_id, count, updated_at) VALUES ($1, '1@native', 'N2', 1, 1)",
+        MXID,
+    )
     await logins.delete(MXID)
     assert await rows_left(db, MXID) == {}
     assert await logins.get("@bob:example.org") is not None
@@ -253,22 +261,36 @@ async def test_outbox_accepts_each_event_once_and_forgets_sent_content(db: Datab
     assert [i.id for i in await outbox.pending(MXID)] == [first.id, second.id]
     await outbox.attempted(first.id, "429: rate limited")
     assert (await outbox.get(first.id)).attempts == 1
+    await outbox.set_prepared(first, b"the prepared stanza")
+    assert (await outbox.get(first.id)).prepared == b"the prepared stanza"
     await outbox.mark_sent(first.id)
     sent = await outbox.get(first.id)
-    assert sent.state == "sent" and sent.payload is None
+    # Kept (sealed) to answer a retry receipt, until the retention erases it.
+    assert sent.state == "sent" and sent.payload == b"hello" and sent.prepared == b"the prepared stanza"
     await outbox.mark_failed(second.id, "403: not reachable")
+    failed = await outbox.get(second.id)
+    assert failed.state == "failed" and failed.payload is None
     assert await outbox.pending(MXID) == []
 
 
 async def test_inbox_accepts_each_message_once(db: Database) -> None:
     await LoginStore(db, sealer()).insert(login())
     inbox = Inbox(db, sealer())
-    item, new = await inbox.accept(receiver=MXID, sender="1:2@native", gk_id="N1", kind="text", payload=b"hi")
-    again, new_again = await inbox.accept(receiver=MXID, sender="1:2@native", gk_id="N1", kind="text", payload=b"hi")
+    args = dict(receiver=MXID, sender="1:2@native", peer="1@native", gk_id="N1")
+    item, new = await inbox.accept(kind="text", payload=b"hi", sent_at=1_700_000_000_000, **args)
+    again, new_again = await inbox.accept(kind="text", payload=b"hi", **args)
     assert new and not new_again and again.id == item.id and again.payload == b"hi"
+    assert item.peer == "1@native" and item.sent_at == 1_700_000_000_000
+    # A receipt with the same id is another event (another kind), stored beside it.
+    receipt, receipt_new = await inbox.accept(kind="receipt:read", payload=b'["N1"]', **args)
+    assert receipt_new and receipt.id != item.id
+    assert [i.id for i in await inbox.pending_for(MXID, "1@native")] == [item.id, receipt.id]
+    assert await inbox.attempted(item.id, "Refused") == 1
+    assert await inbox.attempted(item.id, "Refused") == 2
     await inbox.mark_posted(item.id, "$posted")
+    await inbox.mark_failed(receipt.id, "Refused")
     assert await inbox.pending() == []
-    repeat, repeat_new = await inbox.accept(receiver=MXID, sender="1:2@native", gk_id="N1", kind="text", payload=b"hi")
+    repeat, repeat_new = await inbox.accept(kind="text", payload=b"hi", **args)
     assert not repeat_new and repeat.state == "posted" and repeat.event_id == "$posted"
 
 
@@ -287,3 +309,110 @@ async def test_unread_messages_and_receipts(db: Database) -> None:
     await messages.record_receipts(MXID, "9@native", ["G2"], "read")  # repeats are harmless
     assert await messages.record_receipt(MXID, "9@native", "G3", "delivered")
     assert not await messages.record_receipt(MXID, "9@native", "G3", "delivered")
+
+
+async def test_retention_prunes_done_rows_and_erases_old_contents(db: Database) -> None:
+    await LoginStore(db, sealer()).insert(login())
+    outbox, inbox = Outbox(db, sealer()), Inbox(db, sealer())
+    args = dict(receiver=MXID, peer="1@native", kind="text", room_id="!r:x", payload=b"hello")
+    items = [(await outbox.accept(gk_id=f"G{i}", event_id=f"${i}", **args))[0] for i in range(4)]
+    for item in items[:3]:
+        await outbox.mark_sent(item.id)
+    # The newest two sent messages keep their content (the count bound), older ones not.
+    assert await outbox.forget_contents(before_ms=0, keep_per_receiver=2) == 1
+    assert [(await outbox.get(i.id)).payload for i in items] == [None, b"hello", b"hello", b"hello"]
+    # Past the age bound every sent content goes; the pending one is untouched.
+    await outbox.forget_contents(before_ms=10**15, keep_per_receiver=2)
+    assert [(await outbox.get(i.id)).payload for i in items] == [None, None, None, b"hello"]
+    assert await outbox.prune(before_ms=10**15) == 3
+    assert [i.id for i in await outbox.pending()] == [items[3].id]
+    item, _ = await inbox.accept(
+        receiver=MXID, sender="1@native", peer="1@native", gk_id="N", kind="text", payload=b"y"
+    )
+    assert await inbox.prune(before_ms=10**15) == 0, "a pending item is never pruned"
+    await inbox.mark_posted(item.id, "$e")
+    assert await inbox.prune(before_ms=0) == 0
+    assert await inbox.prune(before_ms=10**15) == 1
+
+
+async def test_a_resent_matrix_transaction_is_stored_once_and_sealed(db: Database) -> None:
+    from bridge.db.matrix_events import MatrixEventStore, NewEvent
+
+    store = MatrixEventStore(db, sealer())
+    body = {"type": "m.room.message", "room_id": "!r:x", "event_id": "$1", "content": {"body": "the secret plan"}}
+    parts = [NewEvent("to_device", {"type": "m.room.encrypted"}), NewEvent("event", body, "!r:x", "$1")]
+    stored = await store.store_transaction("7/abc", parts)
+    assert [e.kind for e in stored] == ["to_device", "event"] and stored[1].body == body
+    assert await store.store_transaction("7/abc", parts) == [], "the homeserver's resend changes nothing"
+    assert b"the secret plan" not in await _all_bytes(db)
+    assert [e.id for e in await store.pending(("event",))] == [stored[1].id]
+    assert [e.event_id for e in await store.pending_in_room("!r:x")] == ["$1"]
+    # Catch-up found $1 and $2 in the timeline: $1 came already, $2 is new, once.
+    body2 = {**body, "event_id": "$2"}
+    caught = [NewEvent("event", body, "!r:x", "$1"), NewEvent("event", body2, "!r:x", "$2")]
+    assert [e.event_id for e in await store.store_transaction("catch-up/$1", caught)] == ["$2"]
+    assert await store.known(["$1", "$2", "$3"]) == {"$1", "$2"}
+    assert await store.store_transaction("8/def", [NewEvent("event", body2, "!r:x", "$2")]) == []
+    second = await store.pending_in_room("!r:x")
+    assert [e.event_id for e in second] == ["$1", "$2"]
+    await store.mark_done(second[1].id)
+    assert await store.attempted(stored[1].id, "Refused") == 1
+    await store.mark_done(stored[1].id)
+    await store.mark_failed(stored[0].id, "handler")
+    assert await store.pending() == [] and await store.get(stored[1].id) is None
+    assert await store.prune(before_ms=10**15) == 3
+
+
+async def test_retry_counts_outlive_a_connection_and_sent_messages_are_found(db: Database) -> None:
+    from bridge.db.retries import DbRetryStore
+    from bridge.gip.jid import Jid
+    from bridge.gip.outgoing import PreparedMessage
+    from bridge.gip.stanzas import Enc, EncType
+
+    await LoginStore(db, sealer()).insert(login())
+    outbox = Outbox(db, sealer())
+    sender = Jid.parse("1:2@native")
+    assert await DbRetryStore(db, outbox, MXID).count_failure(sender, "M1") == 1
+    # A new connection (a new store object) keeps counting.
+    assert await DbRetryStore(db, outbox, MXID).count_failure(sender, "M1") == 2
+    assert await DbRetryStore(db, outbox, MXID).count_failure(sender, "M2") == 1
+    item, _ = await outbox.accept(
+        receiver=MXID, peer="1@native", gk_id="G1", kind="text", room_id="!r:x", event_id="$1", payload=b"content"
+    )
+    store = DbRetryStore(db, outbox, MXID)
+    assert (await store.sent("G1")).devices == ()
+    prepared = PreparedMessage("G1", Jid.parse("1@native"), "text", 1, "h", ((sender, Enc(EncType.MSG, b"x")),))
+    await outbox.set_prepared(item, prepared.serialize())
+    sent = await store.sent("G1")
+    assert sent.to == Jid.parse("1@native") and sent.content == b"content" and sent.devices == (sender,)
+    assert await store.sent("unknown") is None
+
+
+async def test_a_puppet_keeps_every_field_it_was_given(db: Database) -> None:
+    from bridge.db.portals import Puppet, PuppetStore
+
+    puppets = PuppetStore(db)
+    await puppets.put(Puppet("1@native", "+491", "@dma_old:x", "Old"))
+    await puppets.put(Puppet("1@native", "+491", "@dma_new:x", "New"))
+    assert (await PuppetStore(db).get("1@native")).mxid == "@dma_new:x", "the row holds what the cache says"
+
+
+async def test_after_commit_runs_only_for_what_committed(db: Database) -> None:
+    seen: list[str] = []
+    async with db.transaction():
+        await db.execute("INSERT INTO kv (name, value, updated_at) VALUES ('a', '1', 1)")
+        db.after_commit(lambda: seen.append("committed"))
+        assert seen == [], "not before the commit"
+    assert seen == ["committed"]
+
+    async def failing() -> None:
+        async with db.transaction():
+            await db.execute("INSERT INTO kv (name, value, updated_at) VALUES ('b', '1', 1)")
+            db.after_commit(lambda: seen.append("rolled back"))
+            raise RuntimeError("boom")
+
+    with pytest.raises(RuntimeError):
+        await failing()
+    assert seen == ["committed"]
+    db.after_commit(lambda: seen.append("outside"))
+    assert seen == ["committed", "outside"]
