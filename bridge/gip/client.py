@@ -2,10 +2,20 @@
 
 One :class:`GipClient` is one Partner client (C): one Signal device and one chat
 connection. Signal state lives in the ``SignalStore`` it is given (in memory for tests,
-the bridge's database in production). Incoming events go to an async handler; a message
-is answered with its delivery receipt only after the handler returned, so a caller that
-persists in its handler acknowledges nothing it could lose. Reconnecting is the caller's
-job (the bridge's connection manager does it with backoff); :attr:`closed` says when.
+the bridge's database in production). Reconnecting is the caller's job (the bridge's
+connection manager does it with backoff); :attr:`closed` says when.
+
+Durability is the caller's, and the client makes it possible:
+
+* a message is decrypted against a staged store (:class:`StagedSignalStore`); inside the
+  caller's ``atomic`` unit the advanced session is committed and the handler runs (the
+  bridge stores the message in the same transaction), and only then does the delivery
+  receipt go out;
+* an outgoing message is encrypted once (:meth:`GipClient.encrypt_message`): the advanced
+  sessions and the :class:`PreparedMessage` (``persist``) commit in one unit before it is
+  sent, and a resend sends that same ciphertext;
+* every Signal operation on one peer (decrypts, encrypts, retry answers) runs under that
+  peer's lock, in one order, from the read of its session to the commit of the new one.
 """
 
 from __future__ import annotations
@@ -17,23 +27,24 @@ import itertools
 import logging
 import secrets
 import time
-from collections import OrderedDict
 from collections.abc import Awaitable, Callable
+from contextlib import AbstractAsyncContextManager, nullcontext
 from dataclasses import dataclass, field
 from typing import Any
 
 import aiohttp
 
+from bridge.locks import KeyedLock
 from bridge.signal import (
     DuplicateMessageError,
     IdentityChange,
     MessageType,
-    NoSessionError,
     PreKeyRecord,
     SessionCipher,
     SignalError,
     SignalStore,
     SignedPreKeyRecord,
+    StagedSignalStore,
     generate_prekeys,
 )
 
@@ -42,6 +53,7 @@ from .content import Content, decode_content, encode_content
 from .errors import GipError, GipErrorCode
 from .jid import Jid
 from .noise import StaticKey
+from .outgoing import MemoryRetryStore, PreparedMessage, RetryStore, SentMessage
 from .stanza import Node
 from .transport import CHAT_PATH, PROTOCOL_VERSION, WS_MAX_MESSAGE, NoiseChannel, client_handshake
 
@@ -57,7 +69,10 @@ ENLIST_REASONS = {
 }
 REQUEST_TIMEOUT = 30.0
 MAX_409_RESENDS = 3
-SENT_MEMORY = 1000
+# A handler that fails (the bridge's database is down, say) is tried again in place, in
+# order, while the connection lasts; the message is acknowledged only once it is stored.
+HANDLER_RETRY_CAP = 30.0
+CLOSE_TIMEOUT = 3.0
 
 
 class EnlistError(GipError):
@@ -129,11 +144,11 @@ Event = (
 EventHandler = Callable[[Event], Awaitable[None]]
 
 
-@dataclass(frozen=True, slots=True)
-class _Sent:
-    to: Jid
-    type: str
-    plaintext: bytes = field(repr=False)
+Persist = Callable[[PreparedMessage], Awaitable[None]]
+
+
+def _no_unit() -> AbstractAsyncContextManager[Any]:
+    return nullcontext()
 
 
 def _b64url(data: bytes) -> str:
@@ -154,6 +169,9 @@ class GipClient:
         keepalive: float = 30.0,
         clock: Callable[[], float] = time.time,
         signed_pre_key_id: int = 1,
+        atomic: Callable[[], AbstractAsyncContextManager[Any]] = _no_unit,
+        retries: RetryStore | None = None,
+        peer_locks: KeyedLock | None = None,
     ) -> None:
         self.base_url = base_url.rstrip("/")
         self.store = store
@@ -166,6 +184,13 @@ class GipClient:
         self._keepalive = keepalive
         self._clock = clock
         self.signed_pre_key_id = signed_pre_key_id
+        # The caller's unit of work: what runs inside commits together (the bridge opens a
+        # database transaction); by default nothing is atomic beyond the store's own writes.
+        self._atomic = atomic
+        self.retries: RetryStore = retries or MemoryRetryStore()
+        # Shared by every connection of one device, so that a new connection's decrypts
+        # wait for an old one's encrypts to commit.
+        self._peer_locks = peer_locks or KeyedLock()
         self._channel: NoiseChannel | None = None
         self._ws: aiohttp.ClientWebSocketResponse | None = None
         self._ids = itertools.count(1)
@@ -173,8 +198,9 @@ class GipClient:
         self._pending: dict[tuple[str, str], asyncio.Future[Node]] = {}
         self._tasks: set[asyncio.Task[Any]] = set()
         self._devices: dict[Jid, st.DeviceList] = {}
-        self._sent: OrderedDict[str, _Sent] = OrderedDict()
-        self._retries: dict[str, int] = {}
+        # Devices whose keys the gatekeeper could not give: left out of the fan-out until
+        # their user's device list changes.
+        self._no_bundle: set[Jid] = set()
         self._send_lock = asyncio.Lock()
         self.closed = asyncio.Event()
         self.closed.set()
@@ -218,11 +244,13 @@ class GipClient:
         self._pending[key] = future
         try:
             await self._send(node)
-            return await asyncio.wait_for(future, timeout)
+            async with asyncio.timeout(timeout):  # no task per wait, unlike wait_for
+                return await future
         except TimeoutError:
             raise GipError(GipErrorCode.TIMEOUT, f"no answer to {key[0]} {key[1]}") from None
         finally:
-            self._pending.pop(key, None)
+            if self._pending.get(key) is future:
+                del self._pending[key]
 
     async def request(self, node: Node) -> Node:
         """Send an iq and return its result; an error iq becomes a GipError."""
@@ -246,10 +274,13 @@ class GipClient:
             "token": token,
             "v": str(PROTOCOL_VERSION),
         }
-        async with self.http.post(f"{self.base_url}/3p/interop_reg", data=form) as response:
-            if response.status != 200:
-                raise GipError(GipErrorCode.SERVER_ERROR, f"enlistment answered HTTP {response.status}")
-            body = await response.json()
+        try:
+            async with self.http.post(f"{self.base_url}/3p/interop_reg", data=form) as response:
+                if response.status != 200:
+                    raise GipError(GipErrorCode.SERVER_ERROR, f"enlistment answered HTTP {response.status}")
+                body = await response.json()
+        except (aiohttp.ClientError, TimeoutError) as exc:
+            raise GipError(GipErrorCode.UNAVAILABLE, f"cannot reach the gatekeeper: {type(exc).__name__}") from exc
         if body.get("status") != "ok":
             raise EnlistError(str(body.get("reason", "unknown")))
         self.iid = str(body["login"])
@@ -275,8 +306,8 @@ class GipClient:
         url = self.base_url.replace("http", "ws", 1) + CHAT_PATH
         try:
             ws = await self.http.ws_connect(url, max_msg_size=WS_MAX_MESSAGE, autoping=True)
-        except aiohttp.ClientError as exc:
-            raise GipError(GipErrorCode.UNAVAILABLE, f"cannot reach the gatekeeper: {exc}") from exc
+        except (aiohttp.ClientError, TimeoutError, OSError) as exc:
+            raise GipError(GipErrorCode.UNAVAILABLE, f"cannot reach the gatekeeper: {type(exc).__name__}") from exc
         try:
             channel = await client_handshake(ws, self.noise_static, payload)
             first = await channel.receive(timeout=REQUEST_TIMEOUT)
@@ -306,8 +337,11 @@ class GipClient:
         return self.offline_count
 
     async def close(self) -> None:
+        """Close the channel and stop the client's tasks; bounded, so that a peer that
+        never answers the close handshake cannot hold a shutdown up."""
         if self._channel is not None:
-            await self._channel.close()
+            with contextlib.suppress(TimeoutError, ConnectionError, RuntimeError):
+                await asyncio.wait_for(self._channel.close(), CLOSE_TIMEOUT)
         for task in list(self._tasks):
             if task is not asyncio.current_task():
                 task.cancel()
@@ -392,14 +426,38 @@ class GipClient:
             if offline is not None:
                 await self.on_event(OfflineEvent(offline.int_attr("count")))
 
+    async def _handle_durably(self, run: Callable[[], Awaitable[None]], what: str) -> None:
+        """Run a handler that stores what must not be lost, again and again while the
+        connection lasts (a database outage passes); when it closes first, the gatekeeper
+        still holds the stanza and sends it again on the next connection."""
+        delay = 0.5
+        while True:
+            try:
+                await run()
+                return
+            except Exception:
+                if self.closed.is_set():
+                    raise
+                log.exception("could not store %s; trying again in %.1f s", what, delay)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self.closed.wait(), delay)
+            if self.closed.is_set():
+                raise GipError(GipErrorCode.CLOSED, f"closed before {what} was stored")
+            delay = min(delay * 2, HANDLER_RETRY_CAP)
+
     # ------------------------------------------------------------------ keys
 
     async def ping(self) -> None:
         await self.request(st.ping(self.new_id()))
 
     async def upload_prekeys(self, records: list[PreKeyRecord]) -> None:
-        for record in records:
-            await self.store.store_pre_key(record)
+        """Store the one-time prekeys (in one batch where the store can), then upload them."""
+        batch = getattr(self.store, "store_pre_keys", None)
+        if batch is not None:
+            await batch(records)
+        else:
+            for record in records:
+                await self.store.store_pre_key(record)
         keys = [st.PreKey(r.id, r.key_pair.public.raw) for r in records]
         await self.request(st.upload_prekeys(self.new_id(), keys))
 
@@ -457,67 +515,139 @@ class GipClient:
 
     # ------------------------------------------------------------------ sending
 
-    def _cipher(self, device: Jid) -> SessionCipher:
-        return SessionCipher(self.store, device.signal_address(), clock=lambda: int(self._clock() * 1000))
+    def _cipher(self, store: SignalStore, device: Jid) -> SessionCipher:
+        return SessionCipher(store, device.signal_address(), clock=lambda: int(self._clock() * 1000))
 
-    async def _ensure_session(self, device: Jid, bundle: st.Bundle | None = None) -> None:
-        cipher = self._cipher(device)
-        if bundle is None and await cipher.has_session():
-            return
-        if bundle is None:
-            fetched = (await self.fetch_bundles([device]))[0]
-            if isinstance(fetched, st.BundleError):
-                raise GipError(fetched.code, f"no keys for {device}")
-            bundle = fetched
-        await cipher.process_bundle(bundle.to_signal())
+    async def _open_sessions(self, stage: StagedSignalStore, devices: list[Jid]) -> list[Jid]:
+        """Sessions for the devices that have none, from one bundle request; returns the
+        devices that could not get one (the gatekeeper has no keys for them)."""
+        missing = [d for d in devices if not await self._cipher(stage, d).has_session()]
+        if not missing:
+            return []
+        failed = []
+        for result in await self.fetch_bundles(missing):
+            if isinstance(result, st.BundleError):
+                failed.append(result.jid)
+            else:
+                await self._cipher(stage, result.jid).process_bundle(result.to_signal())
+        return failed
 
-    async def _encrypt_for(self, device: Jid, plaintext: bytes) -> st.Enc:
-        cipher = self._cipher(device)
-        try:
-            message = await cipher.encrypt(plaintext)
-        except NoSessionError:
-            await self._ensure_session(device)
-            message = await cipher.encrypt(plaintext)
+    async def _encrypt(self, stage: StagedSignalStore, device: Jid, plaintext: bytes) -> st.Enc:
+        message = await self._cipher(stage, device).encrypt(plaintext)
         return st.Enc(st.EncType.PKMSG if message.type == MessageType.PREKEY else st.EncType.MSG, message.serialized)
 
-    async def send_message(
-        self, to: Jid, content: Content, message_type: str = "text", message_id: str | None = None
-    ) -> str:
-        """Encrypt for every device of ``to`` and send; returns the id once G stored it.
+    async def _fan_out(
+        self,
+        stanza_id: str,
+        to: Jid,
+        message_type: str,
+        t: int,
+        plaintext: bytes,
+        devices: st.DeviceList,
+        done: dict[Jid, st.Enc],
+        persist: Persist | None,
+    ) -> PreparedMessage:
+        """Encrypt for every device of ``devices`` not in ``done`` and commit the advanced
+        sessions with ``persist(prepared)`` in one unit; the peer's lock is held."""
+        stage = StagedSignalStore(self.store)
+        wanted = [d for d in devices.devices() if d not in done and d not in self._no_bundle]
+        for device in await self._open_sessions(stage, wanted):
+            log.warning("the gatekeeper has no keys for a device of a recipient; it is left out until its list changes")
+            self._no_bundle.add(device)
+        participants = {d: e for d, e in done.items() if d in devices.devices()}
+        for device in wanted:
+            if device not in self._no_bundle:
+                participants[device] = await self._encrypt(stage, device, plaintext)
+        if not participants:
+            raise GipError(GipErrorCode.NOT_FOUND, "none of the recipient's devices can receive messages")
+        ordered = tuple(sorted(participants.items(), key=lambda item: item[0]))
+        prepared = PreparedMessage(stanza_id, to.bare, message_type, t, devices.hash, ordered)
+        async with self._atomic():
+            await stage.commit()
+            if persist is not None:
+                await persist(prepared)
+        return prepared
 
-        A stale device list (409) is refetched and the same id resent.
+    async def encrypt_message(
+        self,
+        to: Jid,
+        content: Content,
+        message_type: str = "text",
+        message_id: str | None = None,
+        *,
+        persist: Persist | None = None,
+    ) -> PreparedMessage:
+        """Encrypt once for every device of ``to``; the advanced sessions and
+        ``persist(prepared)`` commit together before this returns, and nothing is sent.
+
+        A device the gatekeeper has no keys for is left out (logged) while the others get
+        the message.
+
+        Raises:
+            GipError: NOT_FOUND when no device of ``to`` can receive it; CLOSED/TIMEOUT
+                when the device list or keys could not be fetched.
+        """
+        stanza_id = message_id or self.new_id()
+        plaintext = encode_content(content)
+        async with self._peer_locks(to.bare):
+            devices = await self.get_devices(to)
+            if not devices.device_ids:
+                raise GipError(GipErrorCode.NOT_FOUND, "the recipient has no devices")
+            prepared = await self._fan_out(
+                stanza_id, to, message_type, int(self._clock()), plaintext, devices, {}, persist
+            )
+        await self.retries.remember_sent(
+            SentMessage(stanza_id, to.bare, message_type, content.SerializeToString(), prepared.devices)
+        )
+        return prepared
+
+    async def send_prepared(
+        self, prepared: PreparedMessage, content: Content, *, persist: Persist | None = None
+    ) -> PreparedMessage:
+        """Send a prepared message (again: the gatekeeper shows an id once); returns it as
+        finally sent. A stale device list (409) is refetched, the new devices get their own
+        ciphertext (persisted like the first), the others keep theirs, and the same id goes
+        again.
 
         Raises:
             GipError: 403 (not reachable or blocked), 429 (with ``retry_after``), or
                 CLOSED/TIMEOUT when the connection failed before the ack.
         """
-        stanza_id = message_id or self.new_id()
-        plaintext = encode_content(content)
-        self._remember(stanza_id, _Sent(to.bare, message_type, plaintext))
-        refresh = False
         for _ in range(MAX_409_RESENDS):
-            devices = await self.get_devices(to, refresh=refresh)
-            if not devices.device_ids:
-                raise GipError(GipErrorCode.NOT_FOUND, "the recipient has no devices")
-            participants = tuple([(d, await self._encrypt_for(d, plaintext)) for d in devices.devices()])
-            message = st.OutgoingMessage(
-                stanza_id, to.bare, message_type, int(self._clock()), devices.hash, participants
-            )
-            ack = await self._await(("ack", stanza_id), message.node())
+            ack = await self._await(("ack", prepared.id), prepared.stanza().node())
             error = ack.get("error")
             if error is None:
-                return stanza_id
+                return prepared
             code = GipErrorCode.from_wire(error)
             if code is not GipErrorCode.CONFLICT:
                 retry = ack.get("retry_after")
                 raise GipError(code, "message refused", retry_after=int(retry) if retry and retry.isdigit() else None)
-            refresh = True
+            async with self._peer_locks(prepared.to):
+                devices = await self.get_devices(prepared.to, refresh=True)
+                self._no_bundle = {d for d in self._no_bundle if d.bare != prepared.to}
+                prepared = await self._fan_out(
+                    prepared.id,
+                    prepared.to,
+                    prepared.type,
+                    prepared.t,
+                    encode_content(content),
+                    devices,
+                    dict(prepared.participants),
+                    persist,
+                )
+            await self.retries.remember_sent(
+                SentMessage(prepared.id, prepared.to, prepared.type, content.SerializeToString(), prepared.devices)
+            )
         raise GipError(GipErrorCode.CONFLICT, "device list kept changing")
 
-    def _remember(self, stanza_id: str, sent: _Sent) -> None:
-        self._sent[stanza_id] = sent
-        while len(self._sent) > SENT_MEMORY:
-            self._sent.popitem(last=False)
+    async def send_message(
+        self, to: Jid, content: Content, message_type: str = "text", message_id: str | None = None
+    ) -> str:
+        """Encrypt and send in one go (for callers that keep nothing of their own);
+        returns the id once the gatekeeper stored it."""
+        prepared = await self.encrypt_message(to, content, message_type, message_id)
+        await self.send_prepared(prepared, content)
+        return prepared.id
 
     async def send_receipt(self, peer: Jid, message_id: str) -> None:
         await self._send(st.Receipt(message_id, peer, st.ReceiptType.DELIVERED).node(direction="to"))
@@ -532,25 +662,20 @@ class GipClient:
     # ------------------------------------------------------------------ receiving
 
     async def _on_message(self, message: st.IncomingMessage) -> None:
-        cipher = self._cipher(message.sender)
         message_type = MessageType.PREKEY if message.enc.type is st.EncType.PKMSG else MessageType.WHISPER
-        try:
-            result = await cipher.decrypt(message_type, message.enc.ciphertext)
-            content = decode_content(result.plaintext)
-        except DuplicateMessageError:
-            # Already handled (our receipt got lost): confirm again, show nothing.
-            await self.send_receipt(message.sender, message.id)
-            return
-        except (SignalError, GipError) as exc:
-            count = self._retries.get(message.id, 0) + 1
-            self._retries[message.id] = count
-            await self.on_event(UndecryptableEvent(message.id, message.sender, type(exc).__name__, count))
-            if count <= st.MAX_RETRY_COUNT:
-                await self._send_retry(message.sender, message.id, count)
-            return
-        self._retries.pop(message.id, None)
-        await self.on_event(
-            MessageEvent(
+        async with self._peer_locks(message.sender.bare):
+            stage = StagedSignalStore(self.store)
+            try:
+                result = await self._cipher(stage, message.sender).decrypt(message_type, message.enc.ciphertext)
+                content = decode_content(result.plaintext)
+            except DuplicateMessageError:
+                # Already stored (our receipt got lost): confirm again, show nothing.
+                await self.send_receipt(message.sender, message.id)
+                return
+            except (SignalError, GipError) as exc:
+                await self._undecryptable(message, type(exc).__name__)
+                return
+            event = MessageEvent(
                 message.id,
                 message.sender,
                 message.type,
@@ -560,9 +685,26 @@ class GipClient:
                 message.offline,
                 message.sender_uvid,
             )
-        )
-        # Only now, after the handler returned: the delivery receipt that empties the mailbox.
+
+            async def store() -> None:
+                async with self._atomic():
+                    await stage.commit()
+                    await self.on_event(event)
+
+            await self._handle_durably(store, "a message")
+        # Only now, after the session and the message are stored: the delivery receipt
+        # that empties the mailbox.
         await self.send_receipt(message.sender, message.id)
+
+    async def _undecryptable(self, message: st.IncomingMessage, error: str) -> None:
+        count = await self.retries.count_failure(message.sender, message.id)
+        event = UndecryptableEvent(message.id, message.sender, error, count)
+        await self._handle_durably(lambda: self.on_event(event), "an undecryptable message's notice")
+        if count <= st.MAX_RETRY_COUNT:
+            await self._send_retry(message.sender, message.id, count)
+        else:
+            # Given up: the sender will not resend; the notice said so. Clear the mailbox.
+            await self.send_receipt(message.sender, message.id)
 
     async def _send_retry(self, sender: Jid, message_id: str, count: int) -> None:
         keys = None
@@ -593,26 +735,43 @@ class GipClient:
     async def _on_receipt(self, receipt: st.Receipt) -> None:
         if receipt.type is st.ReceiptType.RETRY:
             await self._resend_for_retry(receipt)
-        await self.on_event(ReceiptEvent(receipt))
+        event = ReceiptEvent(receipt)
+        await self._handle_durably(lambda: self.on_event(event), "a receipt")
         ack = st.ack(receipt.id, "receipt")
         if receipt.type is not st.ReceiptType.DELIVERED:
             ack.attrs["type"] = receipt.type.value
         await self._send(ack)
 
     async def _resend_for_retry(self, receipt: st.Receipt) -> None:
-        """The peer could not decrypt our message: rebuild the session if asked, resend."""
-        sent = self._sent.get(receipt.id)
+        """The peer could not decrypt our message: rebuild the session if asked, resend.
+
+        Only for a device of the message's recipient that it was fanned out to: a retry
+        receipt must never pull a message onto anyone else's device.
+        """
+        sent = await self.retries.sent(receipt.id)
+        device = receipt.peer
         if sent is None or receipt.retry_count > st.MAX_RETRY_COUNT:
             return
-        device = receipt.peer
-        if receipt.keys is not None:
-            await self._ensure_session(device, receipt.keys)
-        elif receipt.retry_count >= 2:
-            fetched = (await self.fetch_bundles([device]))[0]
-            if isinstance(fetched, st.Bundle):
-                await self._ensure_session(device, fetched)
-        enc = await self._encrypt_for(device, sent.plaintext)
-        devices = await self.get_devices(sent.to)
+        if device.bare != sent.to or (sent.devices and device not in sent.devices):
+            log.warning("refused a retry receipt from a device the message was not sent to")
+            return
+        content = Content()
+        content.ParseFromString(sent.content)
+        async with self._peer_locks(device.bare):
+            stage = StagedSignalStore(self.store)
+            bundle = receipt.keys
+            if bundle is None and receipt.retry_count >= 2:
+                fetched = (await self.fetch_bundles([device]))[0]
+                bundle = fetched if isinstance(fetched, st.Bundle) else None
+            cipher = self._cipher(stage, device)
+            if bundle is not None and bundle.jid == device:
+                await cipher.process_bundle(bundle.to_signal())
+            elif not await cipher.has_session():
+                return
+            enc = await self._encrypt(stage, device, encode_content(content))
+            devices = await self.get_devices(sent.to)
+            async with self._atomic():
+                await stage.commit()
         message = st.OutgoingMessage(receipt.id, sent.to, sent.type, int(self._clock()), devices.hash, ((device, enc),))
         self._spawn(self._await(("ack", receipt.id), message.node()), f"resend {receipt.id}")
 
@@ -621,7 +780,9 @@ class GipClient:
         sender = Jid.parse(node.attrs["from"]) if node.get("from") else None
         if kind in ("devices", "identity") and sender is not None:
             self._devices.pop(sender.bare, None)
-        await self.on_event(NotificationEvent(kind, sender, node))
+            self._no_bundle = {d for d in self._no_bundle if d.bare != sender.bare}
+        event = NotificationEvent(kind, sender, node)
+        await self._handle_durably(lambda: self.on_event(event), "a notification")
         await self._send(st.ack(node.attr("id"), "notification"))
 
 

@@ -21,6 +21,7 @@ MAX_STANZA_BYTES = 1 << 20
 MAX_DEPTH = 16
 MAX_ATTRIBUTE_BYTES = 4096
 _INVALID_XML_CHARS = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\ufffe\uffff]")
+_PLAIN = re.compile(r"[A-Za-z0-9+/=:@._\- ]*")  # needs no escaping anywhere
 
 
 @dataclass(slots=True)
@@ -69,6 +70,8 @@ class Node:
 
 
 def _escape(value: str, *, attribute: bool) -> str:
+    if _PLAIN.fullmatch(value):
+        return value  # ids, numbers, base64: the common case has nothing to escape
     if _INVALID_XML_CHARS.search(value):
         raise GipError(GipErrorCode.BAD_REQUEST, "value has characters XML cannot carry")
     value = value.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")

@@ -43,6 +43,7 @@ from .prekeys import (
 )
 from .sender_keys import SenderKeyRecord
 from .session import CiphertextMessage
+from .staged import StagedSignalStore
 from .state import SessionRecord
 from .stores import (
     Direction,
@@ -98,6 +99,7 @@ __all__ = [
     "SignalStore",
     "SignedPreKeyRecord",
     "SignedPreKeyStore",
+    "StagedSignalStore",
     "TooFarInFutureError",
     "UnsupportedVersionError",
     "UntrustedIdentityError",

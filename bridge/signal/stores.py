@@ -133,6 +133,10 @@ class MemoryPreKeyStore:
     async def store_pre_key(self, record: PreKeyRecord) -> None:
         self._pre_keys[record.id] = record.serialize()
 
+    async def store_pre_keys(self, records: list[PreKeyRecord]) -> None:
+        for record in records:
+            await self.store_pre_key(record)
+
     async def remove_pre_key(self, pre_key_id: int) -> None:
         self._pre_keys.pop(pre_key_id, None)
 
