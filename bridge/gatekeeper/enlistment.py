@@ -7,10 +7,9 @@ import time
 
 import aiohttp
 
-from bridge.db.database import Database
-from bridge.db.logins import Login, LoginState, LoginStore
-from bridge.db.sealed import Sealer
+from bridge.db.logins import Login, LoginState
 from bridge.db.signal_store import DbSignalStore
+from bridge.db.stores import Stores
 from bridge.gip.client import GipClient
 from bridge.gip.noise import StaticKey
 from bridge.signal import IdentityKeyPair, SignedPreKeyRecord, generate_registration_id
@@ -18,9 +17,7 @@ from bridge.signal import IdentityKeyPair, SignedPreKeyRecord, generate_registra
 from .tokens import TokenIssuer
 
 
-async def create_login(
-    db: Database, sealer: Sealer, *, mxid: str, uvid: str, country: str, eea_attested: bool
-) -> Login:
+async def create_login(stores: Stores, *, mxid: str, uvid: str, country: str, eea_attested: bool) -> Login:
     """A new device for ``mxid``, stored before anything is sent anywhere."""
     now = int(time.time() * 1000)
     identity = IdentityKeyPair.generate()
@@ -40,16 +37,15 @@ async def create_login(
         management_room=None,
         created_at=now,
     )
-    async with db.transaction():
-        await LoginStore(db, sealer).insert(login)
-        store = DbSignalStore(db, sealer, mxid, identity, login.registration_id)
+    async with stores.db.transaction():
+        await stores.logins.insert(login)
+        store = DbSignalStore(stores.db, stores.sealer, mxid, identity, login.registration_id)
         await store.store_signed_pre_key(SignedPreKeyRecord.generate(identity, 1, now))
     return login
 
 
 async def enlist(
-    db: Database,
-    sealer: Sealer,
+    stores: Stores,
     login: Login,
     *,
     base_url: str,
@@ -61,7 +57,7 @@ async def enlist(
     Raises:
         EnlistError: the gatekeeper's reason (bad_token, not_eea, …).
     """
-    store = DbSignalStore(db, sealer, login.mxid, login.identity, login.registration_id)
+    store = DbSignalStore(stores.db, stores.sealer, login.mxid, login.identity, login.registration_id)
     client = GipClient(
         base_url=base_url,
         store=store,
@@ -73,5 +69,5 @@ async def enlist(
         iid = await client.enlist(tokens.for_login(login))
     finally:
         await client.close()
-    await LoginStore(db, sealer).set_enlisted(login.mxid, iid)
+    await stores.logins.set_enlisted(login.mxid, iid)
     return iid

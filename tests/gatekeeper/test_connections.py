@@ -12,11 +12,13 @@ import aiohttp
 import pytest
 from aiohttp import web
 
+from bridge.config import ConnectionsConfig
 from bridge.db.database import create_database
-from bridge.db.logins import Login, LoginState, LoginStore
+from bridge.db.logins import Login, LoginState
 from bridge.db.sealed import Sealer
-from bridge.db.secrets import MediaStore, SecretStore
+from bridge.db.secrets import MediaStore
 from bridge.db.signal_store import DbSignalStore
+from bridge.db.stores import Stores
 from bridge.db.upgrade import upgrade
 from bridge.gatekeeper.connections import ConnectionManager, ConnectionPolicy
 from bridge.gatekeeper.enlistment import create_login, enlist
@@ -61,16 +63,23 @@ class Bridge:
     sandbox: Sandbox
     manager: ConnectionManager
     sink: RecordingSink
-    db: object
-    sealer: Sealer
+    stores: Stores
     tokens: TokenIssuer
     http: aiohttp.ClientSession
     media: MediaStore
 
+    @property
+    def db(self):
+        return self.stores.db
+
+    @property
+    def sealer(self) -> Sealer:
+        return self.stores.sealer
+
     async def login(self, mxid: str) -> Login:
-        login = await create_login(self.db, self.sealer, mxid=mxid, uvid=mxid, country="DE", eea_attested=True)
-        await enlist(self.db, self.sealer, login, base_url=self.sandbox.base, tokens=self.tokens, http=self.http)
-        enlisted = await LoginStore(self.db, self.sealer).get(mxid)
+        login = await create_login(self.stores, mxid=mxid, uvid=mxid, country="DE", eea_attested=True)
+        await enlist(self.stores, login, base_url=self.sandbox.base, tokens=self.tokens, http=self.http)
+        enlisted = await self.stores.logins.get(mxid)
         assert enlisted is not None
         return enlisted
 
@@ -81,19 +90,23 @@ async def bridge(tmp_path) -> AsyncIterator[Bridge]:
     await upgrade(uri)
     db = create_database(uri)
     await db.start()
-    sealer = Sealer(bytes(range(32)))
+    stores = Stores.create(db, Sealer(bytes(range(32))))
     http = aiohttp.ClientSession()
     port = free_port()
     sink = RecordingSink()
-    media = MediaStore(db)
-    signing_key = await SecretStore(db, sealer).signing_key()
+    media = stores.media
+    signing_key = await stores.secrets.signing_key()
     tokens = TokenIssuer(signing_key, integrator_id=INTEGRATOR, audience="WHATSAPP")
     holder: dict[str, ConnectionManager] = {}
 
     async def on_push(uvid: str) -> None:
         await holder["manager"].on_push(uvid)
 
-    sandbox = await start_sandbox(SimpleNamespace(base=f"http://127.0.0.1:{port}"), media_dir=tmp_path / "media")
+    sandbox = await start_sandbox(
+        SimpleNamespace(base=f"http://127.0.0.1:{port}"),
+        media_dir=tmp_path / "media",
+        rate_limits={"enlistments_per_hour": 10_000},
+    )
 
     async def fetch_gatekeeper_jwks() -> bytes:
         async with http.get(f"{sandbox.base}/.well-known/jwks") as response:
@@ -113,16 +126,14 @@ async def bridge(tmp_path) -> AsyncIterator[Bridge]:
     await runner.setup()
     await web.TCPSite(runner, "127.0.0.1", port).start()
     manager = ConnectionManager(
-        db=db,
-        sealer=sealer,
+        stores=stores,
         tokens=tokens,
         base_url=sandbox.base,
         sink=sink,
-        http=http,
         policy=ConnectionPolicy(backoff_base=0.05, backoff_cap=0.2, keepalive=0),
     )
     holder["manager"] = manager
-    yield Bridge(sandbox, manager, sink, db, sealer, tokens, http, media)
+    yield Bridge(sandbox, manager, sink, stores, tokens, http, media)
     await manager.close()
     await stop_sandbox(sandbox)
     await runner.cleanup()
@@ -193,7 +204,7 @@ async def test_unenlisted_after_30_days_is_logged_out(bridge: Bridge) -> None:
     bridge.manager.connect(login)
     _, change = await bridge.sink.wait_for(state_is(login.mxid, ConnectionState.LOGGED_OUT))
     assert "30 days" in change.message
-    stored = await LoginStore(bridge.db, bridge.sealer).get(login.mxid)
+    stored = await bridge.stores.logins.get(login.mxid)
     assert stored.state is LoginState.LOGGED_OUT
 
 
@@ -244,7 +255,7 @@ async def test_signed_prekey_rotated_when_old(bridge: Bridge) -> None:
     bridge.manager.connect(login)
     await bridge.sink.wait_for(state_is(login.mxid, ConnectionState.CONNECTED))
     for _ in range(50):
-        stored = await LoginStore(bridge.db, bridge.sealer).get(login.mxid)
+        stored = await bridge.stores.logins.get(login.mxid)
         if stored.signed_pre_key_id == 2:
             break
         await asyncio.sleep(0.05)
@@ -258,18 +269,68 @@ async def test_signed_prekey_rotated_on_a_schedule_while_connected(bridge: Bridg
     bridge.manager.policy = ConnectionPolicy(backoff_base=0.05, keepalive=0, maintenance_interval=0.2)
     bridge.manager.connect(login)
     await bridge.sink.wait_for(state_is(login.mxid, ConnectionState.CONNECTED))
-    assert (await LoginStore(bridge.db, bridge.sealer).get(login.mxid)).signed_pre_key_id == 1
+    assert (await bridge.stores.logins.get(login.mxid)).signed_pre_key_id == 1
     # The key ages past the limit while the connection stays up.
     bridge.manager.policy = ConnectionPolicy(
         backoff_base=0.05, keepalive=0, maintenance_interval=0.2, signed_pre_key_max_age_ms=0
     )
     for _ in range(50):
-        if (await LoginStore(bridge.db, bridge.sealer).get(login.mxid)).signed_pre_key_id >= 2:
+        if (await bridge.stores.logins.get(login.mxid)).signed_pre_key_id >= 2:
             break
         await asyncio.sleep(0.05)
     bridge.manager.policy = ConnectionPolicy(backoff_base=0.05, keepalive=0, maintenance_interval=0.2)
     await asyncio.sleep(0.5)  # let a rotation in progress finish
-    current = (await LoginStore(bridge.db, bridge.sealer).get(login.mxid)).signed_pre_key_id
+    current = (await bridge.stores.logins.get(login.mxid)).signed_pre_key_id
     assert current >= 2
     assert bridge.sandbox.gatekeeper.store.device(login.iid).spk_id == current
     assert bridge.manager.get(login.mxid).state is ConnectionState.CONNECTED
+
+
+async def test_signal_operations_on_one_session_run_in_one_order(bridge: Bridge) -> None:
+    """Defect: decrypts (in the client's worker), encrypts (in send tasks) and retry
+    answers ran with nothing ordering them per session, and the store cleared its cache
+    before awaiting its write: concurrent updates lost a session (seen when both sides
+    started a chat at once) and could roll a sending chain back. Both start at once here
+    and then write all at once, each side's sends in parallel with its receives."""
+    from bridge.gip.client import UndecryptableEvent
+    from bridge.gip.content import Content
+    from bridge.gip.jid import Jid
+
+    alice, bob = await bridge.login("@race-a:example.org"), await bridge.login("@race-b:example.org")
+    for login in (alice, bob):
+        bridge.manager.connect(login)
+        await bridge.sink.wait_for(state_is(login.mxid, ConnectionState.CONNECTED))
+    a, b = bridge.manager.client_for(alice.mxid), bridge.manager.client_for(bob.mxid)
+    sends = [a.send_message(Jid.parse(bob.iid), Content(text=f"a{i}")) for i in range(15)]
+    sends += [b.send_message(Jid.parse(alice.iid), Content(text=f"b{i}")) for i in range(15)]
+    await asyncio.gather(*sends)
+
+    def texts(mxid: str) -> set[str]:
+        return {e.content.text for m, e in bridge.sink.events if m == mxid and isinstance(e, MessageEvent)}
+
+    for _ in range(200):
+        if len(texts(alice.mxid)) == 15 and len(texts(bob.mxid)) == 15:
+            break
+        await asyncio.sleep(0.05)
+    assert texts(bob.mxid) == {f"a{i}" for i in range(15)}
+    assert texts(alice.mxid) == {f"b{i}" for i in range(15)}
+    assert not [e for _, e in bridge.sink.events if isinstance(e, UndecryptableEvent)], "every message decrypted"
+
+
+async def test_more_users_than_an_http_pool_holds_all_connect(bridge: Bridge) -> None:
+    """Defect: every chat WebSocket held a slot of the bridge's one aiohttp pool (100),
+    so the 101st user waited, timed out with nothing catching it, and stayed
+    "connecting"; all users also connected at the same instant."""
+    logins = await asyncio.gather(*(bridge.login(f"@many{i}:example.org") for i in range(130)))
+    bridge.manager.limits = ConnectionsConfig(startup_spread_seconds=2.0)
+    await bridge.manager.start()
+    for _ in range(300):
+        if bridge.manager.connected_count() == len(logins):
+            break
+        await asyncio.sleep(0.05)
+    assert bridge.manager.connected_count() == len(logins)
+    # The connects were spread out, not all at one instant.
+    first_connects = [
+        i for i, (mxid, change) in enumerate(bridge.sink.states) if change.state is ConnectionState.CONNECTING
+    ]
+    assert len(first_connects) >= len(logins)
