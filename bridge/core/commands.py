@@ -11,13 +11,12 @@ from bridge import __version__
 from bridge.config import PermissionLevel
 from bridge.db.logins import Login, LoginState
 from bridge.db.portals import Portal
-from bridge.db.signal_store import DbSignalStore
-from bridge.gatekeeper.enlistment import create_login, enlist
+from bridge.gatekeeper.enlistment import create_login
 from bridge.gatekeeper.state import ConnectionState
 from bridge.gip.client import EnlistError
 from bridge.gip.errors import GipError, GipErrorCode
 from bridge.gip.jid import Jid
-from bridge.signal import Fingerprint, ProtocolAddress
+from bridge.signal import Fingerprint
 
 from .bridge import BridgeCore
 
@@ -199,20 +198,13 @@ async def _enlist(ctx: Context) -> None:
     core = ctx.core
     if ctx.login is not None:  # a login left over from an un-enlistment: start afresh
         await core.logins.delete(ctx.sender)
+        core.gatekeeper.forget(ctx.sender)
     login = await create_login(
-        core.db, core.sealer, mxid=ctx.sender, uvid=ctx.sender, country=core.config.country, eea_attested=True
+        core.stores, mxid=ctx.sender, uvid=ctx.sender, country=core.config.country, eea_attested=True
     )
     await core.logins.set_management_room(ctx.sender, ctx.room_id)
     try:
-        assert core.connections is not None
-        iid = await enlist(
-            core.db,
-            core.sealer,
-            login,
-            base_url=core.config.gatekeeper_url,
-            tokens=core.connections.tokens,
-            http=core.connections.http,
-        )
+        iid = await core.gatekeeper.enlist(login)
     except EnlistError as exc:
         await core.logins.delete(ctx.sender)
         reasons = {
@@ -232,7 +224,7 @@ async def _enlist(ctx: Context) -> None:
         return
     enlisted = await core.logins.get(ctx.sender)
     assert enlisted is not None
-    core.connections.connect(enlisted)
+    core.gatekeeper.connect(enlisted)
     for _ in range(int(CONNECT_WAIT * 10)):
         change = core.states.get(ctx.sender)
         if change is not None and (change.state is ConnectionState.CONNECTED or change.final):
@@ -253,13 +245,11 @@ async def cancel_command(ctx: Context) -> None:
 @command("logout", "Opt out at the gatekeeper and erase your keys, sessions and chats here.", needs_login=True)
 async def logout_command(ctx: Context) -> None:
     core = ctx.core
-    client = ctx.core.client_for(ctx.sender)
-    if client is None:
+    if not core.gatekeeper.connected(ctx.sender):
         await ctx.reply("Not connected to the gatekeeper, so the opt-out cannot be sent now; try again in a moment.")
         return
-    await client.opt_out()
-    assert core.connections is not None
-    await core.connections.disconnect(ctx.sender)
+    await core.gatekeeper.opt_out(ctx.sender)
+    await core.gatekeeper.disconnect(ctx.sender)
     for portal in await core.portals.of_receiver(ctx.sender):
         puppet = await core.puppets.get(portal.peer)
         if portal.room_id and puppet:
@@ -267,6 +257,8 @@ async def logout_command(ctx: Context) -> None:
                 await core.matrix.leave_portal(portal.room_id, puppet.mxid, ctx.sender)
     await core.logins.delete(ctx.sender)
     core.portals.forget_receiver(ctx.sender)
+    core.messages.forget_receiver(ctx.sender)
+    core.gatekeeper.forget(ctx.sender)
     core.states.pop(ctx.sender, None)
     await ctx.reply(
         f"Logged out. {core.network} deleted your enlistment, and the bridge erased your keys, sessions "
@@ -279,11 +271,10 @@ async def logout_command(ctx: Context) -> None:
 )
 async def reconnect_command(ctx: Context) -> None:
     core = ctx.core
-    assert core.connections is not None
     assert ctx.login is not None
-    await core.connections.disconnect(ctx.sender)
+    await core.gatekeeper.disconnect(ctx.sender)
     core.states.pop(ctx.sender, None)
-    core.connections.connect(ctx.login)
+    core.gatekeeper.connect(ctx.login)
     for _ in range(int(CONNECT_WAIT * 10)):
         change = core.states.get(ctx.sender)
         if change is not None and (change.state is ConnectionState.CONNECTED or change.final):
@@ -303,14 +294,11 @@ async def status_command(ctx: Context) -> None:
     await ctx.reply(f"Logged in as {ctx.login.iid or '(enlisting)'} ({ctx.login.state.value}). {connection}")
 
 
-async def _resolve(ctx: Context) -> Jid | None:
+async def _resolve(ctx: Context) -> str | None:
     if not ctx.args:
         await ctx.reply("Say whom: for example `start-chat +4915112345678`.")
         return None
-    client = ctx.core.client_for(ctx.sender)
-    if client is None:
-        raise GipError(GipErrorCode.CLOSED, "not connected")
-    return await client.lookup(ctx.args[0])
+    return await ctx.core.gatekeeper.lookup(ctx.sender, ctx.args[0])
 
 
 @command("start-chat", "Open a chat with someone: `start-chat <identifier>`.", needs_login=True, aliases=("pm",))
@@ -318,7 +306,7 @@ async def start_chat_command(ctx: Context) -> None:
     jid = await _resolve(ctx)
     if jid is None or ctx.login is None:
         return
-    portal, puppet = await ctx.core.ensure_portal(ctx.login, str(jid), ctx.args[0])
+    portal, puppet = await ctx.core.ensure_portal(ctx.login, jid, ctx.args[0])
     await ctx.reply(f"Opened a chat with {puppet.displayname}: https://matrix.to/#/{portal.room_id}")
 
 
@@ -330,19 +318,19 @@ async def resolve_command(ctx: Context) -> None:
 
 
 async def _block(ctx: Context, blocked: bool) -> None:
-    client = ctx.core.client_for(ctx.sender)
-    if client is None:
+    gatekeeper = ctx.core.gatekeeper
+    if not gatekeeper.connected(ctx.sender):
         raise GipError(GipErrorCode.CLOSED, "not connected")
     if ctx.args:
-        jid = await client.lookup(ctx.args[0]) if ctx.args[0].startswith("+") or "@" not in ctx.args[0] else None
+        if not (ctx.args[0].startswith("+") or "@" not in ctx.args[0]):
+            return
+        peer = await gatekeeper.lookup(ctx.sender, ctx.args[0])
     elif ctx.portal is not None:
-        jid = Jid.parse(ctx.portal.peer)
+        peer = ctx.portal.peer
     else:
         await ctx.reply("Say whom, or send this command in the chat with them.")
         return
-    if jid is None:
-        return
-    await client.set_blocked(jid, blocked)
+    await gatekeeper.set_blocked(ctx.sender, peer, blocked)
     await ctx.reply("Blocked." if blocked else "Unblocked.")
 
 
@@ -361,9 +349,8 @@ async def verify_command(ctx: Context) -> None:
     if ctx.portal is None or ctx.login is None or ctx.login.iid is None:
         await ctx.reply("Send `verify` in the chat whose safety number you want to see.")
         return
-    store = DbSignalStore(ctx.core.db, ctx.core.sealer, ctx.login.mxid, ctx.login.identity, ctx.login.registration_id)
     peer = Jid.parse(ctx.portal.peer)
-    remote = await store.get_identity(ProtocolAddress(str(peer.bare), 0))
+    remote = await ctx.core.gatekeeper.peer_identity(ctx.login.mxid, ctx.portal.peer)
     if remote is None:
         await ctx.reply("There is no secure session with this person yet; send a message first.")
         return

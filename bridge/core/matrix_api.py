@@ -1,4 +1,11 @@
-"""What the core needs from Matrix; ``bridge.matrix`` implements it with mautrix."""
+"""What the core needs from Matrix; ``bridge.matrix`` implements it with mautrix.
+
+Posting is idempotent: every call that creates an event takes a transaction id derived
+from the stored item it comes from, so that a retry after a timeout or a crash gives the
+same event instead of a second one. Failures are the core's: ``errors.Unavailable``
+(``RetryAfter``) when the homeserver cannot take it now, ``errors.Refused`` when it
+refused this event.
+"""
 
 from __future__ import annotations
 
@@ -45,21 +52,30 @@ class MatrixAPI(Protocol):
         """A DM room made by the puppet with the receiver invited; returns its room id."""
         ...
 
-    async def send_message(self, room_id: str, sender: str, content: dict[str, Any], timestamp_ms: int) -> str: ...
+    async def send_message(
+        self, room_id: str, sender: str, content: dict[str, Any], *, txn_id: str, timestamp_ms: int | None = None
+    ) -> str:
+        """Post as ``sender`` (a puppet); ``timestamp_ms`` is when the message was sent on
+        the other side (the appservice ``ts``)."""
+        ...
 
-    async def send_reaction(self, room_id: str, sender: str, target_event: str, key: str) -> str: ...
+    async def send_reaction(
+        self, room_id: str, sender: str, target_event: str, key: str, *, txn_id: str, timestamp_ms: int | None = None
+    ) -> str: ...
 
-    async def redact(self, room_id: str, sender: str, event_id: str) -> None: ...
+    async def redact(self, room_id: str, sender: str, event_id: str, *, txn_id: str) -> None: ...
 
     async def send_receipt(self, room_id: str, sender: str, event_id: str) -> None: ...
 
     async def set_typing(self, room_id: str, sender: str, typing: bool) -> None: ...
 
-    async def send_notice(self, room_id: str, text: str) -> str:
+    async def send_notice(self, room_id: str, text: str, *, txn_id: str | None = None) -> str:
         """A notice from the bridge bot."""
         ...
 
-    async def send_status(self, room_id: str, event_id: str, report: StatusReport) -> None:
+    async def send_status(
+        self, room_id: str, event_id: str, report: StatusReport, *, txn_id: str | None = None
+    ) -> None:
         """The message send status of a Matrix event the bridge handled."""
         ...
 

@@ -7,6 +7,8 @@ import pytest
 from bridge.config import EXAMPLE_PATH, parse_config, read_yaml
 from bridge.core.bridge import BridgeCore
 from bridge.db.database import create_database
+from bridge.db.sealed import Sealer
+from bridge.db.stores import Stores
 
 
 def core_for(profile: str) -> BridgeCore:
@@ -15,7 +17,8 @@ def core_for(profile: str) -> BridgeCore:
     data["appservice"]["as_token"] = data["appservice"]["hs_token"] = "x" * 32
     data["encryption_at_rest"]["key"] = "A" * 43 + "="
     # The stores only hold the (unstarted) database; naming needs no query.
-    return BridgeCore(parse_config(data), create_database("sqlite:///:memory:"), None, None)  # type: ignore[arg-type]
+    stores = Stores.create(create_database("sqlite:///:memory:"), Sealer(bytes(32)))
+    return BridgeCore(parse_config(data), stores, None)  # type: ignore[arg-type]
 
 
 @pytest.mark.parametrize(

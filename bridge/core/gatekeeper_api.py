@@ -1,0 +1,80 @@
+"""What the core needs from the gatekeeper side; ``bridge.gatekeeper.side`` implements it.
+
+The core never sees a connection, a Signal session or a stanza: it hands over contents
+and stores what it is given back (a prepared message is opaque bytes to it). Failures
+are ``GipError``s, whose codes the core turns into statuses and notices.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from typing import Protocol
+
+from bridge.db.logins import Login
+from bridge.gip.content import Content
+from bridge.signal import PublicKey
+
+# Called inside the transaction that stores the advanced Signal sessions.
+Persist = Callable[[bytes], Awaitable[None]]
+
+
+class GatekeeperAPI(Protocol):
+    def connected(self, mxid: str) -> bool:
+        """Whether the user's chat connection is up now (no I/O)."""
+        ...
+
+    async def prepare(
+        self, mxid: str, peer: str, message_id: str, message_type: str, content: Content, persist: Persist
+    ) -> bytes:
+        """Encrypt ``content`` once for every device of ``peer``; ``persist`` stores the
+        prepared message in the transaction that stores the advanced sessions, before this
+        returns. Nothing is sent.
+
+        Raises:
+            GipError: NOT_FOUND (no device can receive), CLOSED/TIMEOUT (not connected).
+        """
+        ...
+
+    async def send(self, mxid: str, prepared: bytes, content: Content, persist: Persist) -> None:
+        """Send a prepared message (the same bytes on every try); returns once the
+        gatekeeper stored it. New devices (a 409) get their ciphertext through ``persist``.
+
+        Raises:
+            GipError: FORBIDDEN, RATE_LIMITED (``retry_after``, also for every later send of
+                the same user until it passed), CLOSED/TIMEOUT.
+        """
+        ...
+
+    async def send_read(self, mxid: str, peer: str, message_ids: list[str]) -> None: ...
+
+    async def send_typing(self, mxid: str, peer: str, composing: bool) -> None: ...
+
+    # ------------------------------------------------------------------ for the commands
+
+    async def enlist(self, login: Login) -> str:
+        """Enlist a stored login at the gatekeeper; returns its IID (recorded)."""
+        ...
+
+    def connect(self, login: Login) -> None:
+        """Start (or wake) the user's supervised connection."""
+        ...
+
+    async def disconnect(self, mxid: str) -> None: ...
+
+    async def lookup(self, mxid: str, uvid: str) -> str:
+        """The IID behind a UVID, if the person can be reached."""
+        ...
+
+    async def set_blocked(self, mxid: str, peer: str, blocked: bool) -> None: ...
+
+    async def opt_out(self, mxid: str) -> None:
+        """Delete the enlistment at the gatekeeper (the caller erases the local data)."""
+        ...
+
+    async def peer_identity(self, mxid: str, peer: str) -> PublicKey | None:
+        """The identity key of ``peer``'s primary device as our sessions know it."""
+        ...
+
+    def forget(self, mxid: str) -> None:
+        """Drop whatever the gatekeeper side keeps in memory for a login that is gone."""
+        ...
