@@ -92,6 +92,7 @@ class DeviceCrypto:
         self.olm.share_keys_min_trust = TrustState.UNVERIFIED
         self.olm.send_keys_min_trust = TrustState.UNVERIFIED
         self.olm.allow_key_share = allow_key_share
+        self.cross_signed = 0  # how often this run made cross-signing keys (tests)
 
     @property
     def device_id(self) -> DeviceID:
@@ -160,7 +161,23 @@ class DeviceCrypto:
         keys = response.device_keys.get(self.client.mxid, {}).get(self.client.device_id)
         return keys is not None and len(keys.keys) > 0
 
+    async def _signed_on_server(self) -> bool:
+        """Whether the homeserver holds our cross-signing keys and our device's signature
+        by the self-signing key: then there is nothing to do (the local trust check alone
+        is not enough, as the signatures of our own device are not always in the store,
+        and making new keys at every start would show the bot as reset in every client)."""
+        response = await self.client.query_keys([self.client.mxid])
+        master = response.master_keys.get(self.client.mxid)
+        self_signing = response.self_signing_keys.get(self.client.mxid)
+        device = response.device_keys.get(self.client.mxid, {}).get(self.client.device_id)
+        if master is None or self_signing is None or device is None:
+            return False
+        signatures = device.signatures.get(self.client.mxid, {})
+        return any(key_id in signatures for key_id in self_signing.keys)
+
     async def _self_sign(self) -> None:
+        if await self._signed_on_server():
+            return
         trust = await self.olm.resolve_trust(self.olm.own_identity)
         if trust >= TrustState.CROSS_SIGNED_UNTRUSTED:
             return
@@ -171,6 +188,7 @@ class DeviceCrypto:
         except MatrixError as exc:
             log.warning("could not cross-sign %s's device (%s); clients will show it unverified", self.user_id, exc)
             return
+        self.cross_signed += 1
         log.info("cross-signed the device %s of %s", self.client.device_id, self.user_id)
 
     async def close(self) -> None:

@@ -29,17 +29,19 @@ from mautrix.crypto import RejectKeyShare
 from mautrix.errors import EncryptionError, MatrixError
 from mautrix.types import (
     ASToDeviceEvent,
-    DeviceID,
     DeviceIdentity,
     DeviceLists,
     DeviceOTKCount,
     EncryptedEvent,
     EncryptedMegolmEventContent,
+    EncryptionAlgorithm,
     Event,
     EventType,
+    KeyRequestAction,
     Membership,
     RequestedKeyInfo,
     RoomID,
+    RoomKeyRequestEventContent,
     RoomKeyWithheldCode,
     SessionID,
     StateEvent,
@@ -78,6 +80,7 @@ class Encryption:
         self._pickle_key = pickle_key
         self._keys = KeyCache()
         self._http = aiohttp.ClientSession(connector=aiohttp.TCPConnector(ssl=None if config.verify_ssl else False))
+        self._key_requests: dict[SessionID, asyncio.Task[bool]] = {}
         self.bot = self._device(UserID(az.bot_mxid))
         self.bot.olm.on_devices = self._devices_changed
         self._puppets: dict[UserID, DeviceCrypto] = {}
@@ -150,13 +153,17 @@ class Encryption:
     def _sender_device(self, sender: str) -> bool:
         return self.config.encryption.puppet_devices and self._is_puppet(sender)
 
-    # ------------------------------------------------------------------ pushes from the homeserver
+    # ------------------------------------------------------------------ from the homeserver
 
-    def install_handlers(self) -> None:
-        """Route the transaction's crypto parts to the devices; before the listener starts."""
-        self.az.to_device_handler = self._to_device
-        self.az.otk_handler = self._otk_counts
-        self.az.device_list_handler = self._device_lists
+    def is_push_check(self, event: dict[str, Any]) -> bool:
+        """Whether a pushed to-device event is our own start-up check (and note it)."""
+        if event.get("type") != SELF_TEST.t:
+            return False
+        content = event.get("content")
+        nonce = content.get("nonce") if isinstance(content, dict) else None
+        if self._push_check is not None and not self._push_check.done() and nonce in self._push_nonces:
+            self._push_check.set_result(None)
+        return True
 
     async def _owner(self, user_id: str, device_id: str | None) -> DeviceCrypto | None:
         if user_id == self.az.bot_mxid:
@@ -167,30 +174,28 @@ class Encryption:
             return None
         return device if device is not None and device_id == device.device_id else None
 
-    async def _to_device(self, evt: ASToDeviceEvent) -> None:
-        if evt.type == SELF_TEST:
-            nonce = evt.content.get("nonce") if isinstance(evt.content, dict) else getattr(evt.content, "nonce", None)
-            if self._push_check is not None and not self._push_check.done() and nonce in self._push_nonces:
-                self._push_check.set_result(None)
-            return
+    async def handle_to_device(self, raw: dict[str, Any]) -> None:
+        """One to-device event for one of our devices (``to_user_id``/``to_device_id``)."""
+        evt = ASToDeviceEvent.deserialize(raw)
         device = await self._owner(evt.to_user_id, evt.to_device_id)
         if device is not None:
             await device.olm.handle_as_to_device_event(evt)
 
-    async def _otk_counts(self, counts: dict[UserID, dict[DeviceID, DeviceOTKCount]]) -> None:
+    async def handle_key_counts(self, counts: dict[str, Any], *, synced: bool = False) -> None:
         # Only our devices' counts: the homeserver also reports the bot's cross-signing keys as devices.
         for user_id, devices in counts.items():
             for device_id, count in devices.items():
                 device = await self._owner(user_id, device_id)
                 if device is None:
                     continue
-                if device is self.bot:
+                if device is self.bot and not synced:
                     self._otk_count_seen.set()
-                await device.olm.handle_as_otk_counts({user_id: {device_id: count}})
+                parsed = count if isinstance(count, DeviceOTKCount) else DeviceOTKCount.deserialize(count)
+                await device.olm.handle_otk_count(parsed)
 
-    async def _device_lists(self, lists: DeviceLists) -> None:
+    async def handle_device_lists(self, raw: dict[str, Any]) -> None:
         # The bot's machine fetches the changed keys into the tables every device shares.
-        await self.bot.olm.handle_as_device_lists(lists)
+        await self.bot.olm.handle_device_lists(DeviceLists.deserialize(raw))
 
     async def _devices_changed(self, user_id: UserID) -> None:
         """Someone's devices changed: no device of ours may go on with a room key that the
@@ -286,23 +291,51 @@ class Encryption:
         return await self.bot.olm.decrypt_megolm_event(evt)
 
     async def wait_for_key(self, evt: EncryptedEvent, session_id: SessionID, timeout: float) -> bool:
-        """Wait for a room key, asking the sending device for it after a short while."""
+        """Wait for a room key, asking the sending device for it after a short while.
+
+        One request per session however many events wait for it (mautrix keeps one waiter
+        per session and breaks when asked twice); every waiter waits on the session itself.
+        """
         olm = self.bot.olm
-        content = evt.content
-        assert isinstance(content, EncryptedMegolmEventContent)
+        deadline = time.monotonic() + timeout
         if await olm.wait_for_session(evt.room_id, session_id, timeout=min(3.0, timeout)):
             return True
-        if await self.bot.store.has_group_session(evt.room_id, session_id):
-            return True
-        devices = {evt.sender: [content.device_id]} if content.device_id else {}
-        if devices:
-            try:
-                return await olm.request_room_key(
-                    evt.room_id, content.sender_key, session_id, devices, timeout=max(timeout - 3.0, 1.0)
-                )
-            except MatrixError as exc:
-                log.warning("could not request a room key in %s: %s", evt.room_id, exc)
-        return await olm.wait_for_session(evt.room_id, session_id, timeout=max(timeout - 3.0, 1.0))
+        content = evt.content
+        assert isinstance(content, EncryptedMegolmEventContent)
+        if session_id not in self._key_requests and content.device_id:
+            self._key_requests[session_id] = asyncio.get_running_loop().create_task(
+                self._request_key(evt, content, session_id, max(deadline - time.monotonic(), 1.0)),
+                name=f"key request {session_id}",
+            )
+        return await olm.wait_for_session(evt.room_id, session_id, timeout=max(deadline - time.monotonic(), 0.1))
+
+    async def _request_key(
+        self, evt: EncryptedEvent, content: EncryptedMegolmEventContent, session_id: SessionID, timeout: float
+    ) -> bool:
+        request_id = secrets.token_hex(12)
+        body = RequestedKeyInfo(
+            algorithm=EncryptionAlgorithm.MEGOLM_V1,
+            room_id=evt.room_id,
+            sender_key=content.sender_key,
+            session_id=session_id,
+        )
+        client = self.bot.client
+        request = RoomKeyRequestEventContent(
+            action=KeyRequestAction.REQUEST, body=body, request_id=request_id, requesting_device_id=client.device_id
+        )
+        cancel = RoomKeyRequestEventContent(
+            action=KeyRequestAction.CANCEL, request_id=request_id, requesting_device_id=client.device_id
+        )
+        try:
+            await client.send_to_device(EventType.ROOM_KEY_REQUEST, {evt.sender: {content.device_id: request}})
+            got = await self.bot.olm.wait_for_session(evt.room_id, session_id, timeout=timeout)
+            await client.send_to_device(EventType.ROOM_KEY_REQUEST, {evt.sender: {content.device_id: cancel}})
+            return got
+        except MatrixError as exc:
+            log.warning("could not request a room key in %s: %s", evt.room_id, exc)
+            return False
+        finally:
+            self._key_requests.pop(session_id, None)
 
     async def _allow_key_share(self, device: DeviceIdentity, request: RequestedKeyInfo) -> bool:
         """A member's device may have the keys of the room it is in (a new device asking for

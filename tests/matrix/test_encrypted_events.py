@@ -31,10 +31,12 @@ class RecordingRoom:
         self.statuses: list[tuple[str, str, StatusReport]] = []
         self.notices: list[tuple[str, str]] = []
 
-    async def send_status(self, room_id: str, event_id: str, report: StatusReport) -> None:
+    async def send_status(
+        self, room_id: str, event_id: str, report: StatusReport, *, txn_id: str | None = None
+    ) -> None:
         self.statuses.append((room_id, event_id, report))
 
-    async def send_notice(self, room_id: str, text: str) -> str:
+    async def send_notice(self, room_id: str, text: str, *, txn_id: str | None = None) -> str:
         self.notices.append((room_id, text))
         return "$notice"
 
@@ -43,18 +45,17 @@ class RecordingRoom:
 
 
 async def test_without_encryption_the_sender_is_told_and_nothing_is_handled() -> None:
-    room, handled = RecordingRoom(), []
+    room = RecordingRoom()
 
-    async def handle(evt: Any) -> None:
-        handled.append(evt)
+    def resubmit(room_id: str, event_id: str) -> None:
+        raise AssertionError("nothing to bridge later")
 
     def spawn(coro: Any, name: str) -> None:
         raise AssertionError("nothing to wait for")
 
-    events = EncryptedEvents(EncryptionConfig(allow=False), None, None, room, handle, spawn)  # type: ignore[arg-type]
+    events = EncryptedEvents(EncryptionConfig(allow=False), None, None, room, resubmit, spawn)  # type: ignore[arg-type]
     await events.start()
-    await events.handle(EncryptedEvent.deserialize(EVENT))
-    assert handled == []
+    assert await events.decrypt(EncryptedEvent.deserialize(EVENT)) is None, "nothing to hand on"
     [(room_id, event_id, report)] = room.statuses
     assert (room_id, event_id) == ("!portal:test", "$secret")
     assert report.status is SendStatus.FAIL_PERMANENT and report.reason == UNDECRYPTABLE
