@@ -1,36 +1,49 @@
-"""Putting the bridge together: database, secrets, core, gatekeeper connections, Matrix."""
+"""Putting the bridge together: database, stores, core, gatekeeper side, Matrix side.
+
+Start-up goes edge by edge so that nothing arrives before there is a place for it: the
+Matrix listener first (it only stores), then the crypto, then the core loads its stored
+work, then stored Matrix events flow into the loops, and only then do the gatekeeper
+connections open. Shutdown goes the other way: no new transactions, no new gatekeeper
+events, each loop finishes the item it is on, and what is left stays stored.
+"""
 
 from __future__ import annotations
 
-import asyncio
 import logging
+import time
 
 import aiohttp
 
 from bridge.config import BridgeConfig
 from bridge.core.bridge import BridgeCore
 from bridge.db.database import Database, create_database
+from bridge.db.retries import prune_retry_counts
 from bridge.db.sealed import Sealer, SealError
-from bridge.db.secrets import MediaStore, SecretStore
+from bridge.db.stores import Stores
 from bridge.db.upgrade import upgrade
 from bridge.gatekeeper.connections import ConnectionManager
 from bridge.gatekeeper.partner_server import PartnerServer
+from bridge.gatekeeper.side import GatekeeperSide
 from bridge.gatekeeper.tokens import TokenIssuer
 from bridge.gip.tokens import JwksFetcher
 from bridge.matrix.connector import MatrixConnector, StartupError
+from bridge.matrix.crypto_intake import prune_seen
+from bridge.tasks import BackgroundTasks
 
 log = logging.getLogger(__name__)
+RETENTION_INTERVAL = 3600.0
 
 
 class BridgeApp:
     def __init__(self, config: BridgeConfig) -> None:
         self.config = config
         self.db: Database | None = None
+        self.stores: Stores | None = None
         self.http: aiohttp.ClientSession | None = None
         self.matrix: MatrixConnector | None = None
         self.core: BridgeCore | None = None
         self.connections: ConnectionManager | None = None
-        self._retry: asyncio.Task[None] | None = None
+        self.jobs = BackgroundTasks()
 
     async def start(self) -> None:
         config = self.config
@@ -40,9 +53,9 @@ class BridgeApp:
             raise StartupError(f"database.uri: cannot open or migrate the database: {exc}") from exc
         self.db = db = create_database(config.database_uri, config.max_connections)
         await db.start()
-        sealer = Sealer(config.at_rest_key)
+        self.stores = stores = Stores.create(db, Sealer(config.at_rest_key))
         try:
-            signing_key = await SecretStore(db, sealer).signing_key()
+            signing_key = await stores.secrets.signing_key()
         except SealError as exc:
             raise StartupError(f"encryption_at_rest.key: {exc}") from exc
         self.http = http = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=60))
@@ -62,31 +75,43 @@ class BridgeApp:
             gatekeeper_jwks=JwksFetcher(fetch_gatekeeper_jwks),
             gatekeeper_name=config.gatekeeper_name,
             integrator_id=config.integrator_id,
-            media=MediaStore(db),
+            media=stores.media,
             on_push=on_push,
         )
-        self.matrix = MatrixConnector(config, partner.routes())
-        self.core = BridgeCore(config, db, sealer, self.matrix)
-        self.matrix.core = self.core
+        self.matrix = MatrixConnector(config, partner.routes(), stores)
+        self.core = core = BridgeCore(config, stores, self.matrix)
+        self.matrix.core = core
         self.connections = ConnectionManager(
-            db=db, sealer=sealer, tokens=tokens, base_url=config.gatekeeper_url, sink=self.core, http=http
+            stores=stores, tokens=tokens, base_url=config.gatekeeper_url, sink=core, limits=config.connections
         )
-        self.core.connections = self.connections
+        core.gatekeeper = GatekeeperSide(
+            self.connections, stores, tokens=tokens, base_url=config.gatekeeper_url, http=http
+        )
         await self.matrix.start()
+        await core.start()
+        await self.matrix.open_rooms()
         await self.connections.start()
-        self.core.spawn(self.core.post_pending(), "post pending messages")
-        self._retry = asyncio.get_running_loop().create_task(self.core.retry_pending(), name="retry pending work")
+        self.jobs.every(RETENTION_INTERVAL, self.retention, "retention", first=60)
         log.info("bridge running: %s on %s:%s", config.appservice_id, config.hostname, config.port)
 
+    async def retention(self) -> None:
+        assert self.core is not None
+        assert self.db is not None
+        await self.core.prune()
+        now = int(time.time() * 1000)
+        await prune_retry_counts(self.db, now - self.config.retention.days * 86_400_000)
+        await prune_seen(self.db, now - 7 * 86_400_000)
+
     async def stop(self) -> None:
-        if self._retry is not None:
-            self._retry.cancel()
+        self.jobs.cancel()
+        if self.matrix is not None:
+            await self.matrix.stop_listening()
         if self.connections is not None:
             await self.connections.close()
+        if self.core is not None:
+            await self.core.stop()
         if self.matrix is not None:
             await self.matrix.stop()
-        if self.core is not None:
-            await self.core.settle()
         if self.http is not None:
             await self.http.close()
         if self.db is not None:

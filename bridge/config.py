@@ -100,6 +100,32 @@ class EncryptionConfig:
 
 
 @dataclass(frozen=True)
+class RetentionConfig:
+    """``bridge.retention``: how long handled rows and sent contents are kept."""
+
+    days: int = 7
+    retry_hours: int = 24
+    retry_messages: int = 1000
+
+
+@dataclass(frozen=True)
+class DeliveryConfig:
+    """``bridge.delivery``: how one stored item is retried."""
+
+    max_attempts: int = 5
+    backoff_cap_seconds: float = 300.0
+
+
+@dataclass(frozen=True)
+class ConnectionsConfig:
+    """``gatekeeper.connections``: the users' chat connections."""
+
+    max: int = 10000
+    concurrent_connects: int = 50
+    startup_spread_seconds: float = 20.0
+
+
+@dataclass(frozen=True)
 class BridgeConfig:
     homeserver_address: str
     homeserver_domain: str
@@ -127,6 +153,9 @@ class BridgeConfig:
     permissions: dict[str, PermissionLevel]
     log_level: str
     encryption: EncryptionConfig = EncryptionConfig()
+    retention: RetentionConfig = RetentionConfig()
+    delivery: DeliveryConfig = DeliveryConfig()
+    connections: ConnectionsConfig = ConnectionsConfig()
 
     @property
     def bot_mxid(self) -> str:
@@ -226,6 +255,20 @@ def parse_config(data: Any, *, require_tokens: bool = True) -> BridgeConfig:
         raise ConfigError("database.max_connections: must be at least 1")
     return BridgeConfig(
         encryption=_encryption(data),
+        retention=RetentionConfig(
+            days=_positive(data, "bridge.retention.days"),
+            retry_hours=_positive(data, "bridge.retention.retry_hours"),
+            retry_messages=_positive(data, "bridge.retention.retry_messages"),
+        ),
+        delivery=DeliveryConfig(
+            max_attempts=_positive(data, "bridge.delivery.max_attempts"),
+            backoff_cap_seconds=float(_positive(data, "bridge.delivery.backoff_cap_seconds")),
+        ),
+        connections=ConnectionsConfig(
+            max=_positive(data, "gatekeeper.connections.max"),
+            concurrent_connects=_positive(data, "gatekeeper.connections.concurrent_connects"),
+            startup_spread_seconds=float(_get(data, "gatekeeper.connections.startup_spread_seconds", (int, float))),
+        ),
         homeserver_address=_url(data, "homeserver.address"),
         homeserver_domain=_get(data, "homeserver.domain", str),
         verify_ssl=_get(data, "homeserver.verify_ssl", bool),
@@ -252,6 +295,13 @@ def parse_config(data: Any, *, require_tokens: bool = True) -> BridgeConfig:
         permissions=permissions,
         log_level=level,
     )
+
+
+def _positive(data: Any, path: str) -> int:
+    value = _get(data, path, int)
+    if value < 1:
+        raise ConfigError(f"{path}: must be at least 1")
+    return value
 
 
 def _encryption(data: Any) -> EncryptionConfig:

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 log = logging.getLogger(__name__)
@@ -33,6 +33,36 @@ class BackgroundTasks:
         """Wait until no task is left (including ones spawned meanwhile)."""
         while self._tasks:
             await asyncio.gather(*list(self._tasks), return_exceptions=True)
+
+    async def settle_for(self, timeout: float) -> None:
+        """Wait for the tasks at most ``timeout`` seconds, then cancel what is left."""
+        try:
+            await asyncio.wait_for(self.settle(), timeout)
+        except TimeoutError:
+            self.cancel()
+            await asyncio.gather(*list(self._tasks), return_exceptions=True)
+
+    def every(
+        self, interval: float, job: Callable[[], Awaitable[Any]], name: str, *, first: float | None = None
+    ) -> None:
+        """Run ``job`` every ``interval`` seconds for as long as the tasks live: a failure
+        is logged and the next round comes as planned (a periodic job never dies)."""
+
+        async def rounds() -> None:
+            await asyncio.sleep(interval if first is None else first)
+            while True:
+                try:
+                    await job()
+                except Exception:
+                    log.exception("periodic job %s failed; it runs again in %.0f s", name, interval)
+                await asyncio.sleep(interval)
+
+        task = asyncio.get_running_loop().create_task(rounds(), name=name)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    def __len__(self) -> int:
+        return len(self._tasks)
 
     def cancel(self) -> None:
         for task in list(self._tasks):

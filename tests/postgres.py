@@ -38,7 +38,26 @@ def _as_postgres(command: list[str]) -> list[str]:
     return [runner, "-u", "postgres", "--", *command] if runner else ["su", "postgres", "-c", " ".join(command)]
 
 
-def _throwaway_cluster() -> str:
+class Cluster:
+    """A throwaway cluster of our own, which a test may restart."""
+
+    def __init__(self, bindir: Path, data: Path, options: str, port: int) -> None:
+        self.bindir, self.data, self.options, self.port = bindir, data, options, port
+        self.dsn = f"postgres://postgres@127.0.0.1:{port}/postgres"
+
+    def restart(self) -> None:
+        """A fast restart: every connection is cut, the server is back a moment later."""
+        # The new server writes to the log file: a pipe it inherited would never close.
+        command = [str(self.bindir / "pg_ctl"), "-D", str(self.data), "-o", self.options, "-m", "fast", "-w"]
+        subprocess.run(
+            _as_postgres([*command, "-l", str(self.data.parent / "log"), "restart"]),
+            check=True,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+
+
+def throwaway_cluster() -> Cluster:
     binaries = sorted(glob.glob("/usr/lib/postgresql/*/bin/initdb"))
     if not binaries:
         raise RuntimeError(
@@ -76,7 +95,7 @@ def _throwaway_cluster() -> str:
         if _reachable("127.0.0.1", port):
             break
         time.sleep(0.1)
-    return f"postgres://postgres@127.0.0.1:{port}/postgres"
+    return Cluster(bindir, data, options, port)
 
 
 _server: str | None = None
@@ -86,5 +105,5 @@ def server_dsn() -> str:
     """The admin DSN of a running server, starting a throwaway one if need be."""
     global _server
     if _server is None:
-        _server = DEFAULT_DSN if _reachable("127.0.0.1", 5432) else _throwaway_cluster()
+        _server = DEFAULT_DSN if _reachable("127.0.0.1", 5432) else throwaway_cluster().dsn
     return _server

@@ -214,6 +214,16 @@ def routes(gk: Gatekeeper) -> list[web.RouteDef]:
         await gk.native_read(iid, str(data["to"]), ids)
         return web.json_response({"ok": True})
 
+    async def retry(request: web.Request) -> web.Response:
+        """The native's device asks the Partner to send a message again (as a phone does
+        when it cannot decrypt one), at any time: to rehearse retries after a reconnect."""
+        iid, data = native(request), await _json(request)
+        count = int(data.get("count", 1))
+        if not 1 <= count <= st.MAX_RETRY_COUNT:
+            raise GipError(GipErrorCode.BAD_REQUEST, "count must be between 1 and 5")
+        await gk.native_retry(iid, str(data["to"]), str(data["id"]), count, device=int(data.get("device", 0)))
+        return web.json_response({"ok": True})
+
     async def events(request: web.Request) -> web.Response:
         iid = native(request)
         await gk.settle()
@@ -309,6 +319,7 @@ def routes(gk: Gatekeeper) -> list[web.RouteDef]:
         web.post(f"{base}/natives/{{iid}}/send", guarded(send)),
         web.post(f"{base}/natives/{{iid}}/typing", guarded(typing)),
         web.post(f"{base}/natives/{{iid}}/read", guarded(read)),
+        web.post(f"{base}/natives/{{iid}}/retry", guarded(retry)),
         web.get(f"{base}/natives/{{iid}}/events", guarded(events)),
         web.post(f"{base}/natives/{{iid}}/reinstall", guarded(reinstall)),
         web.post(f"{base}/natives/{{iid}}/devices", guarded(add_device)),

@@ -799,6 +799,18 @@ class Gatekeeper:
         if connection is not None:  # typing is transient: never stored
             await connection.send_raw(encode(st.chatstate(native_jid(native), state, direction="from")))
 
+    async def native_retry(
+        self, native_iid: str, partner_iid: str, message_id: str, count: int, device: int = 0
+    ) -> None:
+        native = self.store.user(native_iid)
+        if native is None or native.kind != "native" or self.store.user(partner_iid) is None:
+            raise GipError(GipErrorCode.NOT_FOUND, "unknown native or Partner user")
+        device_jid = native_jid(native).with_device(device)
+        if self.store.device(str(device_jid)) is None:
+            raise GipError(GipErrorCode.NOT_FOUND, "no such native device")
+        nd = NativeDevice(self.store, device_jid, self.clock.now_ms)
+        await self._send_retry(native, nd, Jid.parse(partner_iid), message_id, count)
+
     async def native_read(self, native_iid: str, partner_iid: str, message_ids: list[str]) -> None:
         native = self.store.user(native_iid)
         if native is None:

@@ -57,12 +57,13 @@ async def build_stack(
     tweak: Callable[[dict[str, Any]], None] | None = None,
     registration_tweak: Callable[[dict[str, Any]], None] | None = None,
     start_bridge: bool = True,
+    admin: str | None = None,
 ) -> tuple[Stack, str, str]:
     """Everything an admin would run, on loopback: returns the stack, the Postgres admin
     DSN and the database name (to drop afterwards)."""
     http = aiohttp.ClientSession()
     bridge_port, synapse_port = free_port(), free_port()
-    admin = server_dsn()
+    admin = admin or server_dsn()
     database = f"dma_it_{uuid.uuid4().hex[:12]}"
     connection = await asyncpg.connect(admin)
     await connection.execute(f'CREATE DATABASE "{database}"')

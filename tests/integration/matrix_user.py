@@ -22,6 +22,7 @@ from mautrix.types import (
     EncryptedEvent,
     EventType,
     Membership,
+    PaginationDirection,
     RoomID,
     SigningKey,
     StateEvent,
@@ -123,6 +124,12 @@ class MatrixUser(WaitsForEvents):
                     await self._arrived.wait()
 
         return await asyncio.wait_for(find(), timeout)
+
+    async def history(self, room_id: str, limit: int = 100) -> list[dict[str, Any]]:
+        """The room's latest events as the homeserver holds them, oldest first (a /sync after
+        a gap can leave some out of ``events``)."""
+        response = await self.client.get_messages(RoomID(room_id), direction=PaginationDirection.BACKWARD, limit=limit)
+        return [event.serialize() for event in reversed(response.events)]
 
     async def create_dm(self, invitee: str, encrypted: bool = False) -> str:
         initial_state = [{"type": "m.room.encryption", "content": {"algorithm": "m.megolm.v1.aes-sha2"}}]

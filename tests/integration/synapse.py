@@ -32,6 +32,11 @@ class Synapse:
         except subprocess.TimeoutExpired:
             self.process.kill()
 
+    def restart(self) -> None:
+        """Stop and start again on the same data (the appservice's queue survives)."""
+        self.stop()
+        self.process = _launch(self.directory, self.base)
+
     async def register(self, http: aiohttp.ClientSession, username: str, password: str) -> None:
         """Create a user with the shared-secret admin API (as register_new_matrix_user does)."""
         url = f"{self.base}/_synapse/admin/v1/register"
@@ -99,13 +104,18 @@ def start_synapse(directory: Path, port: int, registration: Path) -> Synapse:
         yaml.dump(config, out)
     log_config = directory / f"{SERVER_NAME}.log.config"
     log_config.write_text(log_config.read_text().replace("level: INFO", "level: WARNING"))
+    base = f"http://127.0.0.1:{port}"
+    process = _launch(directory, base)
+    return Synapse(process, base, config["registration_shared_secret"], directory)
+
+
+def _launch(directory: Path, base: str) -> subprocess.Popen[bytes]:
     process = subprocess.Popen(
-        [str(SYNAPSE_PYTHON), "-m", "synapse.app.homeserver", "-c", str(config_path)],
+        [str(SYNAPSE_PYTHON), "-m", "synapse.app.homeserver", "-c", str(directory / "homeserver.yaml")],
         cwd=directory,
-        stdout=(directory / "stdout").open("wb"),
+        stdout=(directory / "stdout").open("ab"),
         stderr=subprocess.STDOUT,
     )
-    base = f"http://127.0.0.1:{port}"
     for _ in range(300):
         if process.poll() is not None:
             raise RuntimeError(f"Synapse exited: {(directory / 'stdout').read_text()[-2000:]}")
@@ -117,4 +127,4 @@ def start_synapse(directory: Path, port: int, registration: Path) -> Synapse:
     else:
         process.kill()
         raise RuntimeError("Synapse did not start")
-    return Synapse(process, base, config["registration_shared_secret"], directory)
+    return process

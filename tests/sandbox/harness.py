@@ -266,7 +266,7 @@ integrators:
     push_url: {partner_base}/push
     media_base: {partner_base}/media
 policies:
-  rate_limits: {{messages_per_minute: 100000000}}
+  rate_limits: {{messages_per_minute: 100000000, enlistments_per_hour: 100000000, first_contacts_per_day: 100000000}}
 """
     )
     process = subprocess.Popen(

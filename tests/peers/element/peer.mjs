@@ -25,9 +25,11 @@ console.log = console.warn = (...args) => process.stderr.write(args.join(" ") + 
 
 const clients = new Map();
 
-function record(entry, ev) {
+function record(entry, ev, position) {
   const failed = ev.isDecryptionFailure();
   entry.events.push({
+    // Where the event came in the timeline: decryption may finish in another order.
+    timeline_position: position,
     event_id: ev.getId(),
     room_id: ev.getRoomId(),
     sender: ev.getSender(),
@@ -56,17 +58,18 @@ async function login({ name, baseUrl, user, password }) {
     deviceId: response.device_id,
   });
   await client.initRustCrypto({ useIndexedDB: false });
-  const entry = { client, events: [] };
+  const entry = { client, events: [], arrived: 0 };
   clients.set(name, entry);
   client.on(sdk.RoomEvent.Timeline, (ev) => {
+    const position = entry.arrived++;
     if (ev.isBeingDecrypted() || ev.shouldAttemptDecryption()) {
       ev.once(sdk.MatrixEventEvent.Decrypted, () => {
-        record(entry, ev);
+        record(entry, ev, position);
         // A failure now may be fixed by a late key: the SDK retries and emits again.
-        if (ev.isDecryptionFailure()) ev.once(sdk.MatrixEventEvent.Decrypted, () => record(entry, ev));
+        if (ev.isDecryptionFailure()) ev.once(sdk.MatrixEventEvent.Decrypted, () => record(entry, ev, position));
       });
     } else {
-      record(entry, ev);
+      record(entry, ev, position);
     }
   });
   const autoJoin = (room) => {
