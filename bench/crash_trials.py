@@ -138,8 +138,12 @@ class Trial:
         data["homeserver"].update(address=f"http://127.0.0.1:{self.synapse_port}", domain="localhost")
         data["appservice"].update(address=bridge_base, port=self.bridge_port)
         data["database"]["uri"] = self.uri
+        key = (await self.control("GET", "/noise_key"))["static_key"]
         data["gatekeeper"].update(
-            base_url=self.sandbox_base, jwks_url=f"{self.sandbox_base}/.well-known/jwks", name="WHATSAPP"
+            base_url=self.sandbox_base,
+            jwks_url=f"{self.sandbox_base}/.well-known/jwks",
+            name="WHATSAPP",
+            static_key=key,
         )
         data["partner"].update(integrator_id=INTEGRATOR, public_url=bridge_base)
         data["bridge"]["permissions"] = {"localhost": "user"}

@@ -82,7 +82,12 @@ class BridgeApp:
         self.core = core = BridgeCore(config, stores, self.matrix)
         self.matrix.core = core
         self.connections = ConnectionManager(
-            stores=stores, tokens=tokens, base_url=config.gatekeeper_url, sink=core, limits=config.connections
+            stores=stores,
+            tokens=tokens,
+            base_url=config.gatekeeper_url,
+            sink=core,
+            limits=config.connections,
+            gatekeeper_static=config.gatekeeper_static_key,
         )
         core.gatekeeper = GatekeeperSide(
             self.connections, stores, tokens=tokens, base_url=config.gatekeeper_url, http=http
@@ -93,6 +98,11 @@ class BridgeApp:
         await self.connections.start()
         self.jobs.every(RETENTION_INTERVAL, self.retention, "retention", first=60)
         log.info("bridge running: %s on %s:%s", config.appservice_id, config.hostname, config.port)
+        if config.gatekeeper_static_key is None:
+            log.warning(
+                "gatekeeper.static_key is empty: the chat channel trusts any server at %s (allowed only on loopback)",
+                config.gatekeeper_url,
+            )
 
     async def retention(self) -> None:
         assert self.core is not None

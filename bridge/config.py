@@ -11,9 +11,10 @@ from __future__ import annotations
 import base64
 import binascii
 import copy
+import ipaddress
 import re
 import secrets
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from enum import Enum
 from io import StringIO
 from pathlib import Path
@@ -145,6 +146,7 @@ class BridgeConfig:
     gatekeeper_url: str
     gatekeeper_name: str
     gatekeeper_jwks_url: str
+    gatekeeper_static_key: bytes | None = field(repr=False)
     integrator_id: str
     partner_public_url: str
     country: str
@@ -195,6 +197,46 @@ def _url(data: Any, path: str, schemes: tuple[str, ...] = ("http", "https")) -> 
     if parsed.scheme not in schemes or not parsed.netloc:
         raise ConfigError(f"{path}: must be a {' or '.join(schemes)} URL, got {value!r}")
     return value.rstrip("/")
+
+
+def _is_loopback(host: str | None) -> bool:
+    if not host:
+        return False
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def _gatekeeper_url(data: Any, path: str) -> str:
+    """A URL of the gatekeeper's: https, or plain http only on this machine (the sandbox).
+    The chat channel's Noise key is pinned, but tokens and keys travel over these too."""
+    value = _url(data, path)
+    parsed = urlparse(value)
+    if parsed.scheme != "https" and not _is_loopback(parsed.hostname):
+        raise ConfigError(f"{path}: must be an https URL (plain http only to a loopback address), got {value!r}")
+    return value
+
+
+def _static_key(data: Any, path: str, gatekeeper_url: str) -> bytes | None:
+    """The pinned Noise key; it may be left empty only for a gatekeeper on this machine."""
+    value = _get(data, path, str).strip()
+    if not value and _is_loopback(urlparse(gatekeeper_url).hostname):
+        return None
+    try:
+        key = base64.b64decode(
+            value + "=" * (-len(value) % 4), altchars=b"-_" if "-" in value or "_" in value else None
+        )
+    except (ValueError, binascii.Error):
+        key = b""
+    if len(key) != 32:
+        raise ConfigError(
+            f"{path}: must be the gatekeeper's Noise static public key, 32 bytes in base64 (from its Reference "
+            "Offer; the sandbox prints its own at start)"
+        )
+    return key
 
 
 def parse_config(data: Any, *, require_tokens: bool = True) -> BridgeConfig:
@@ -253,6 +295,7 @@ def parse_config(data: Any, *, require_tokens: bool = True) -> BridgeConfig:
     max_connections = _get(data, "database.max_connections", int)
     if max_connections < 1:
         raise ConfigError("database.max_connections: must be at least 1")
+    gatekeeper_url = _gatekeeper_url(data, "gatekeeper.base_url")
     return BridgeConfig(
         encryption=_encryption(data),
         retention=RetentionConfig(
@@ -284,9 +327,10 @@ def parse_config(data: Any, *, require_tokens: bool = True) -> BridgeConfig:
         database_uri=database_uri,
         max_connections=max_connections,
         profile=profile,
-        gatekeeper_url=_url(data, "gatekeeper.base_url"),
+        gatekeeper_url=gatekeeper_url,
         gatekeeper_name=_get(data, "gatekeeper.name", str),
-        gatekeeper_jwks_url=_url(data, "gatekeeper.jwks_url"),
+        gatekeeper_jwks_url=_gatekeeper_url(data, "gatekeeper.jwks_url"),
+        gatekeeper_static_key=_static_key(data, "gatekeeper.static_key", gatekeeper_url),
         integrator_id=_get(data, "partner.integrator_id", str),
         partner_public_url=_url(data, "partner.public_url"),
         country=country,

@@ -47,6 +47,19 @@ async def answer_messages(http: aiohttp.ClientSession, sandbox: str, token: str,
         await asyncio.sleep(1)
 
 
+async def sandbox_key(http: aiohttp.ClientSession, sandbox: str, headers: dict[str, str]) -> str:
+    """The sandbox's Noise static key, once it answers (it prints the same at start)."""
+    for _ in range(100):
+        try:
+            async with http.get(f"{sandbox}/_sandbox/noise_key", headers=headers) as r:
+                if r.status == 200:
+                    return str((await r.json())["static_key"])
+        except aiohttp.ClientError:
+            pass
+        await asyncio.sleep(0.2)
+    raise SystemExit("the sandbox did not start; see its output above")
+
+
 async def main(directory: Path) -> None:
     directory.mkdir(exist_ok=True)
     token = secrets.token_urlsafe(24)
@@ -54,24 +67,30 @@ async def main(directory: Path) -> None:
     text = (ROOT / "sandbox.example.yaml").read_text().replace("change-me-to-a-long-random-string", token)
     text = text.replace("database: sandbox.db", f"database: {directory / 'sandbox.db'}")
     sandbox_config.write_text(text.replace("media_dir: sandbox-media", f"media_dir: {directory / 'sandbox-media'}"))
+    # The sandbox first: the bridge pins its Noise key, which the sandbox keeps in its database.
+    processes = [subprocess.Popen([sys.executable, "-m", "bridge.sandbox", "-c", str(sandbox_config)], cwd=ROOT)]
+    sandbox = f"http://127.0.0.1:{SANDBOX_PORT}"
+    headers = {"Authorization": f"Bearer {token}"}
+    async with aiohttp.ClientSession() as http:
+        static_key = await sandbox_key(http, sandbox, headers)
     config_path = directory / "config.yaml"
-    if not config_path.exists():
+    fresh = not config_path.exists()
+    if fresh:
         shutil.copy(EXAMPLE_PATH, config_path)
-        data = read_yaml(config_path)
+    data = read_yaml(config_path)
+    if fresh:
         data["homeserver"]["domain"] = "localhost"
         data["database"]["uri"] = f"sqlite:///{directory / 'bridge.db'}"
         data["bridge"]["permissions"] = {"localhost": "user"}
-        config_path.write_text(dump_yaml(data))
+    data["gatekeeper"]["static_key"] = static_key
+    config_path.write_text(dump_yaml(data))
     registration = directory / "registration.yaml"
     generate_registration(config_path, registration)
-    processes = [subprocess.Popen([sys.executable, "-m", "bridge.sandbox", "-c", str(sandbox_config)], cwd=ROOT)]
     synapse = start_synapse(directory / "synapse", SYNAPSE_PORT, registration)
     processes.append(subprocess.Popen([sys.executable, "-m", "bridge", "-c", str(config_path)], cwd=ROOT))
-    sandbox = f"http://127.0.0.1:{SANDBOX_PORT}"
     async with aiohttp.ClientSession() as http:
         password = base64.urlsafe_b64encode(secrets.token_bytes(9)).decode()
         await synapse.register(http, "demo", password)
-        headers = {"Authorization": f"Bearer {token}"}
         async with http.post(f"{sandbox}/_sandbox/natives", headers=headers, json={"uvid": NATIVE_NUMBER}) as r:
             native = (await r.json())["iid"]
         print(f"""

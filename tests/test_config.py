@@ -164,3 +164,25 @@ def test_encryption_defaults_and_registration_flags(config_path: Path, tmp_path:
     data = read_yaml(registration)
     assert not config.encryption.allow
     assert "org.matrix.msc3202" not in data and "io.element.msc4190" not in data
+
+
+def test_the_gatekeeper_is_reached_over_tls_and_its_noise_key_is_pinned(tmp_path: Path) -> None:
+    import base64
+
+    data = read_yaml(EXAMPLE_PATH)
+    assert parse_config(data, require_tokens=False).gatekeeper_static_key is None  # loopback: may be empty
+    data["gatekeeper"]["base_url"] = "http://gatekeeper.example.com"
+    with pytest.raises(ConfigError, match=r"gatekeeper\.base_url: must be an https URL"):
+        parse_config(data, require_tokens=False)
+    data["gatekeeper"]["base_url"] = "https://gatekeeper.example.com"
+    with pytest.raises(ConfigError, match=r"gatekeeper\.static_key"):
+        parse_config(data, require_tokens=False)
+    data["gatekeeper"]["static_key"] = base64.b64encode(b"k" * 32).decode()
+    data["gatekeeper"]["jwks_url"] = "http://[::2]/jwks"
+    with pytest.raises(ConfigError, match=r"gatekeeper\.jwks_url"):
+        parse_config(data, require_tokens=False)
+    data["gatekeeper"]["jwks_url"] = "https://gatekeeper.example.com/jwks"
+    assert parse_config(data, require_tokens=False).gatekeeper_static_key == b"k" * 32
+    data["gatekeeper"]["static_key"] = "too short"
+    with pytest.raises(ConfigError, match="32 bytes"):
+        parse_config(data, require_tokens=False)

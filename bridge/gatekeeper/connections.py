@@ -154,15 +154,19 @@ class UserConnection:
                 return
             delay = self._delay(retry_after)
             self._attempt += 1
-            await self._set(
-                StateChange(
-                    ConnectionState.TRANSIENT_DISCONNECT,
-                    code,
-                    f"Lost the connection to the gatekeeper ({code.value if code else 'unknown'}); "
-                    f"retrying in {delay:.0f} s.",
-                    retry_in=delay,
+            if code is GipErrorCode.UNTRUSTED_SERVER:
+                # Kept retrying (a network path can heal) but never sent our token.
+                message = (
+                    "The server that answered as the gatekeeper could not prove the gatekeeper's key, so the "
+                    f"bridge did not log in to it (a network attack, or a key change your admin must confirm); "
+                    f"retrying in {delay:.0f} s."
                 )
-            )
+            else:
+                message = (
+                    f"Lost the connection to the gatekeeper ({code.value if code else 'unknown'}); "
+                    f"retrying in {delay:.0f} s."
+                )
+            await self._set(StateChange(ConnectionState.TRANSIENT_DISCONNECT, code, message, retry_in=delay))
             await self._sleep(delay)
 
     async def _current_login(self) -> Login | None:
@@ -183,6 +187,7 @@ class UserConnection:
             base_url=self._m.base_url,
             store=device.store,
             noise_static=StaticKey.from_private(login.noise_private),
+            gatekeeper_static=self._m.gatekeeper_static,
             on_event=self._on_event,
             iid=login.iid,
             http=self._m.ws_http,
@@ -259,9 +264,11 @@ class ConnectionManager:
         policy: ConnectionPolicy | None = None,
         limits: ConnectionsConfig | None = None,
         client_ip: str | None = None,
+        gatekeeper_static: bytes | None = None,
         now_ms: Callable[[], int] = lambda: int(time.time() * 1000),
     ) -> None:
         self.stores = stores
+        self.gatekeeper_static = gatekeeper_static
         self.tokens = tokens
         self.base_url = base_url
         self.sink = sink

@@ -15,7 +15,13 @@ from aiohttp import web
 
 from bridge.db.secrets import MediaStore
 from bridge.gip.errors import GipError
-from bridge.gip.tokens import GATEKEEPER_TOKEN_MAX_TTL, JwksFetcher, SigningKey, jwks_document
+from bridge.gip.tokens import (
+    GATEKEEPER_TOKEN_MAX_TTL,
+    JwksFetcher,
+    JwksUnavailableError,
+    SigningKey,
+    jwks_document,
+)
 
 log = logging.getLogger(__name__)
 JWKS_PATH = "/.well-known/oauth/openid/jwks"
@@ -54,10 +60,12 @@ class PartnerServer:
     async def _jwks_document(self, request: web.Request) -> web.Response:
         return web.json_response(jwks_document([self._signing_key]))
 
-    async def _authorized(self, request: web.Request) -> bool:
+    async def _refusal(self, request: web.Request) -> web.Response | None:
+        """None for a request the gatekeeper signed; else the answer: 401, or 503 when its
+        keys cannot be fetched (the gatekeeper tries again; nothing is judged meanwhile)."""
         header = request.headers.get("Authorization", "")
         if not header.startswith("Bearer "):
-            return False
+            return web.Response(status=401)
         try:
             await self._jwks.verify(
                 header.removeprefix("Bearer "),
@@ -66,14 +74,17 @@ class PartnerServer:
                 max_ttl=GATEKEEPER_TOKEN_MAX_TTL,
                 now=self._clock(),
             )
+        except JwksUnavailableError as exc:
+            log.warning("could not judge a gatekeeper request: %s", exc.text)
+            return web.Response(status=503, headers={"Retry-After": "30"})
         except GipError as exc:
             log.warning("refused a gatekeeper request: %s", exc.text)
-            return False
-        return True
+            return web.Response(status=401)
+        return None
 
     async def _push(self, request: web.Request) -> web.Response:
-        if not await self._authorized(request):
-            return web.Response(status=401)
+        if (refusal := await self._refusal(request)) is not None:
+            return refusal
         if (request.content_length or 0) > MAX_PUSH_BODY:
             return web.Response(status=413)
         try:
@@ -87,8 +98,8 @@ class PartnerServer:
         return web.Response(status=200)
 
     async def _media_blob(self, request: web.Request) -> web.Response:
-        if not await self._authorized(request):
-            return web.Response(status=401)
+        if (refusal := await self._refusal(request)) is not None:
+            return refusal
         blob = await self._media.get(request.match_info["ref"])
         if blob is None:
             return web.Response(status=404)

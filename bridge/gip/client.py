@@ -162,6 +162,7 @@ class GipClient:
         base_url: str,
         store: SignalStore,
         noise_static: StaticKey,
+        gatekeeper_static: bytes | None = None,
         on_event: EventHandler | None = None,
         iid: str | None = None,
         client_ip: str | None = None,
@@ -176,6 +177,8 @@ class GipClient:
         self.base_url = base_url.rstrip("/")
         self.store = store
         self.noise_static = noise_static
+        # The gatekeeper's Noise static public key, pinned: None trusts any (tests only).
+        self.gatekeeper_static = gatekeeper_static
         self.on_event = on_event or _ignore
         self.iid = iid
         self.client_ip = client_ip
@@ -309,10 +312,12 @@ class GipClient:
         except (aiohttp.ClientError, TimeoutError, OSError) as exc:
             raise GipError(GipErrorCode.UNAVAILABLE, f"cannot reach the gatekeeper: {type(exc).__name__}") from exc
         try:
-            channel = await client_handshake(ws, self.noise_static, payload)
+            channel = await client_handshake(ws, self.noise_static, payload, self.gatekeeper_static)
             first = await channel.receive(timeout=REQUEST_TIMEOUT)
         except (GipError, TimeoutError) as exc:
             await ws.close()
+            if isinstance(exc, GipError) and exc.code is GipErrorCode.UNTRUSTED_SERVER:
+                log.error("%s", exc.text)
             if isinstance(exc, GipError) and exc.code is not GipErrorCode.CLOSED:
                 raise
             raise GipError(GipErrorCode.UNAVAILABLE, "the gatekeeper closed the handshake") from None

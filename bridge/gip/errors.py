@@ -26,6 +26,7 @@ class GipErrorCode(Enum):
     UNAVAILABLE = "503"
     # Local failures, never sent on the wire.
     HANDSHAKE = "handshake"
+    UNTRUSTED_SERVER = "untrusted_server"  # the server proved another Noise key than the pinned one
     DECRYPT = "decrypt"
     MEDIA_HASH = "media_hash"
     MEDIA_MAC = "media_mac"

@@ -175,6 +175,11 @@ class XXHandshake:
         self.result: TransportState | None = None
 
     @property
+    def remote_static(self) -> bytes | None:
+        """The peer's static public key, once its handshake message that carries it is read."""
+        return self._rs
+
+    @property
     def my_turn(self) -> bool:
         return (self._step % 2 == 0) == self.initiator
 

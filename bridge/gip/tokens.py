@@ -8,6 +8,7 @@ the caller's clock, so that the sandbox's injectable clock governs expiry.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import secrets
 import time
@@ -207,9 +208,23 @@ def verify_token(
     return claims
 
 
+class JwksUnavailableError(GipError):
+    """The peer's JWKS could not be fetched: the request cannot be judged now (503)."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(GipErrorCode.UNAVAILABLE, f"the peer's JWKS cannot be fetched: {reason}")
+
+
 class JwksFetcher:
-    """Caches a peer's JWKS; refetches when stale or on an unknown ``kid`` (at most once
-    per ``min_refetch`` seconds, so a flood of bogus key ids cannot hammer the peer)."""
+    """Caches a peer's JWKS; refetches when stale or on an unknown ``kid``.
+
+    Unauthenticated requests drive it (any ``/push`` names a ``kid``), so it never lets
+    them drive the peer: one fetch at a time, shared by every caller that waits for it
+    (single flight); at most one fetch per ``min_refetch`` seconds whatever the outcome;
+    a ``kid`` that a fetch did not bring is refused from memory until the next one
+    (negative cache); and a failed fetch raises :class:`JwksUnavailableError`, never
+    whatever the transport raised.
+    """
 
     def __init__(
         self,
@@ -224,27 +239,60 @@ class JwksFetcher:
         self._min_refetch = min_refetch
         self._clock = clock
         self._keys: dict[str, rsa.RSAPublicKey] = {}
-        self._fetched_at: float | None = None
+        self._fetched_at: float | None = None  # last successful fetch
+        self._tried_at: float | None = None  # last fetch, whatever its outcome
+        self._failure: str | None = None  # why the last fetch failed, if it did
+        self._flight: asyncio.Future[None] | None = None
         self.fetch_count = 0
 
     async def _refresh(self) -> None:
-        self._keys = parse_jwks(await self._fetch())
-        self._fetched_at = self._clock()
+        """Fetch, or join the fetch under way."""
+        if self._flight is None:
+            self._flight = asyncio.ensure_future(self._fetch_once())
+        flight = self._flight
+        await asyncio.shield(flight)
+
+    async def _fetch_once(self) -> None:
+        self._tried_at = self._clock()
         self.fetch_count += 1
+        try:
+            self._keys = parse_jwks(await self._fetch())
+            self._fetched_at = self._tried_at
+            self._failure = None
+        except asyncio.CancelledError:
+            self._failure = "cancelled"
+            raise
+        except Exception as exc:  # any transport or parse failure: judged below
+            self._failure = type(exc).__name__ if not isinstance(exc, GipError) else exc.text
+        finally:
+            self._flight = None
+
+    def _may_fetch(self) -> bool:
+        return self._tried_at is None or self._clock() - self._tried_at >= self._min_refetch
+
+    def _stale(self) -> bool:
+        return self._fetched_at is None or self._clock() - self._fetched_at > self._ttl
 
     async def keys(self) -> dict[str, rsa.RSAPublicKey]:
-        if self._fetched_at is None or self._clock() - self._fetched_at > self._ttl:
+        if self._flight is not None or (self._stale() and self._may_fetch()):
             await self._refresh()
+        if self._fetched_at is None:
+            raise JwksUnavailableError(self._failure or "not fetched yet")
         return self._keys
 
     async def verify(self, token: str, **kwargs: Any) -> dict[str, Any]:
-        """:func:`verify_token` against the cached keys, refetching on an unknown ``kid``."""
+        """:func:`verify_token` against the cached keys, refetching on an unknown ``kid``.
+
+        Raises:
+            JwksUnavailableError: no keys could be fetched (answer 503).
+            GipError: the token is refused (answer 401).
+        """
+        token_key_id(token)  # a malformed token never reaches the fetcher
         keys = await self.keys()
         try:
             return verify_token(token, keys, **kwargs)
         except UnknownKeyIdError:
-            assert self._fetched_at is not None
-            if self._clock() - self._fetched_at < self._min_refetch:
-                raise
+            if self._flight is None and not self._may_fetch():
+                raise  # negative cache: the last fetch did not bring this kid
             await self._refresh()
             return verify_token(token, self._keys, **kwargs)

@@ -9,6 +9,7 @@ client's JSON payload ``{"v", "login", "token", "client_ip"}``.
 from __future__ import annotations
 
 import contextlib
+import hmac
 import json
 from typing import Any, Protocol
 
@@ -106,11 +107,25 @@ class NoiseChannel:
 
 
 async def client_handshake(
-    ws: aiohttp.ClientWebSocketResponse, static: StaticKey, payload: dict[str, Any]
+    ws: aiohttp.ClientWebSocketResponse,
+    static: StaticKey,
+    payload: dict[str, Any],
+    server_static: bytes | None = None,
 ) -> NoiseChannel:
+    """The Partner's side. With ``server_static`` (the gatekeeper's pinned key) a server
+    that proves another key is refused before the third message, which carries our
+    token, is sent."""
     handshake = XXHandshake(initiator=True, static=static)
     await ws.send_bytes(handshake.write())
     handshake.read(await _receive_frame(ws, HANDSHAKE_TIMEOUT))
+    if server_static is not None:
+        proven = handshake.remote_static or b""
+        if not hmac.compare_digest(proven, server_static):
+            raise GipError(
+                GipErrorCode.UNTRUSTED_SERVER,
+                "the gatekeeper's Noise static key is not the pinned one (gatekeeper.static_key): "
+                "refusing to authenticate to it",
+            )
     await ws.send_bytes(handshake.write(json.dumps(payload).encode()))
     assert handshake.result is not None
     return NoiseChannel(ws, handshake.result)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import base64
 import logging
 import signal
 import sys
@@ -27,6 +28,10 @@ async def serve(config_path: Path) -> None:
     await site.start()
     logging.getLogger("bridge.sandbox").info(
         "sandbox gatekeeper (%s profile) listening on %s:%s", config.profile, config.host, config.port
+    )
+    # What the bridge pins as gatekeeper.static_key (also at GET /_sandbox/noise_key).
+    logging.getLogger("bridge.sandbox").info(
+        "noise static key: %s", base64.b64encode(gatekeeper.noise_static.public).decode()
     )
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()

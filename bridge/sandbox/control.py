@@ -311,8 +311,13 @@ def routes(gk: Gatekeeper) -> list[web.RouteDef]:
             await gk.kick(iid, GipErrorCode.NOT_IN_EEA)
         return web.json_response({"ok": True})
 
+    async def noise_key(request: web.Request) -> web.Response:
+        # The key a Partner pins (gatekeeper.static_key); a real gatekeeper's comes with its Reference Offer.
+        return web.json_response({"static_key": base64.b64encode(gk.noise_static.public).decode()})
+
     base = "/_sandbox"
     return [
+        web.get(f"{base}/noise_key", guarded(noise_key)),
         web.post(f"{base}/natives", guarded(create_native)),
         web.get(f"{base}/natives/{{iid}}", guarded(get_native)),
         web.post(f"{base}/natives/{{iid}}/opt_in", guarded(set_opt_in)),

@@ -132,3 +132,54 @@ async def test_fetcher_caches_and_refetches_on_unknown_kid() -> None:
     now[0] = 31
     assert (await fetcher.verify(token, **args))["sub"] == "@a:b"
     assert len(calls) == 2
+
+
+async def test_a_flood_of_unknown_kids_makes_one_fetch_and_a_dead_jwks_is_unavailable() -> None:
+    import asyncio
+
+    from bridge.gip.tokens import JwksUnavailableError
+
+    calls: list[int] = []
+    now = [0.0]
+    gate = asyncio.Event()
+    failing = [False]
+
+    async def fetch() -> bytes:
+        calls.append(1)
+        await gate.wait()
+        if failing[0]:
+            raise OSError("connection refused")
+        return json.dumps(jwks_document([KEY])).encode()
+
+    fetcher = JwksFetcher(fetch, ttl=3600, min_refetch=30, clock=lambda: now[0])
+    args = {"issuer": "bridge", "audience": "WHATSAPP", "max_ttl": 600, "now": NOW}
+    stranger = SigningKey.generate("bogus")
+    bogus = issue_partner_token(stranger, integrator="bridge", uvid="@a:b", audience="WHATSAPP", country="DE", now=NOW)
+    # 100 requests at once, before any key is known: one fetch, shared.
+    flood = [asyncio.ensure_future(fetcher.verify(bogus, **args)) for _ in range(100)]
+    await asyncio.sleep(0)
+    gate.set()
+    results = await asyncio.gather(*flood, return_exceptions=True)
+    assert all(isinstance(r, UnknownKeyIdError) for r in results)
+    assert len(calls) == 1, "single flight"
+    # More of them later: refused from memory until the refetch interval has passed.
+    for _ in range(100):
+        with pytest.raises(UnknownKeyIdError):
+            await fetcher.verify(bogus, **args)
+    assert len(calls) == 1, "negative cache"
+    assert (await fetcher.verify(_token(), **args))["sub"] == "@a:b"
+
+    # A JWKS that cannot be reached: a typed error (503), once per interval.
+    dead = JwksFetcher(fetch, ttl=3600, min_refetch=30, clock=lambda: now[0])
+    failing[0] = True
+    calls.clear()
+    for _ in range(10):
+        with pytest.raises(JwksUnavailableError):
+            await dead.verify(_token(), **args)
+    assert len(calls) == 1
+    with pytest.raises(GipError):  # a malformed token never makes a fetch
+        await dead.verify("not a token", **args)
+    now[0] = 31
+    failing[0] = False
+    assert (await dead.verify(_token(), **args))["sub"] == "@a:b"
+    assert len(calls) == 2

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import itertools
 import shutil
 import uuid
@@ -84,6 +85,7 @@ async def build_stack(
     data["gatekeeper"]["name"] = sandbox.gatekeeper.config.name
     data["gatekeeper"]["base_url"] = sandbox.base
     data["gatekeeper"]["jwks_url"] = f"{sandbox.base}/.well-known/jwks"
+    data["gatekeeper"]["static_key"] = base64.b64encode(sandbox.gatekeeper.noise_static.public).decode()
     data["partner"]["integrator_id"] = INTEGRATOR
     data["partner"]["public_url"] = f"http://127.0.0.1:{bridge_port}"
     data["bridge"]["permissions"] = {"localhost": "user", "@admin:localhost": "admin"}

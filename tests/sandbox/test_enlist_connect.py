@@ -210,3 +210,26 @@ async def test_several_connections_allowed_when_the_policy_is_off(partner_server
         await second.ping()
     finally:
         await stop_sandbox(box)
+
+
+async def test_a_server_without_the_pinned_noise_key_never_sees_the_token(
+    sandbox: Sandbox, partner_server: PartnerServer
+) -> None:
+    from bridge.gip.noise import StaticKey
+
+    partner = await new_partner(sandbox, partner_server, connect=False)
+    seen: list[dict] = []
+    authenticate = sandbox.gatekeeper.authenticate
+
+    async def recording(payload: dict, remote_static: bytes):
+        seen.append(payload)
+        return await authenticate(payload, remote_static)
+
+    sandbox.gatekeeper.authenticate = recording  # type: ignore[method-assign]
+    partner.client.gatekeeper_static = StaticKey.generate().public  # another server's key
+    assert await _connect_code(partner) is GipErrorCode.UNTRUSTED_SERVER
+    assert seen == [], "refused before the third handshake message, which carries the token"
+    partner.client.gatekeeper_static = sandbox.gatekeeper.noise_static.public
+    assert await partner.connect() == 0
+    assert len(seen) == 1
+    await partner.client.close()
