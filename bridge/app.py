@@ -14,7 +14,7 @@ import time
 
 import aiohttp
 
-from bridge.config import BridgeConfig
+from bridge.config import BridgeConfig, PermissionLevel
 from bridge.core.bridge import BridgeCore
 from bridge.db.database import Database, create_database
 from bridge.db.retries import prune_retry_counts
@@ -88,6 +88,7 @@ class BridgeApp:
             sink=core,
             limits=config.connections,
             gatekeeper_static=config.gatekeeper_static_key,
+            allowed=lambda mxid: config.permission(mxid) is not PermissionLevel.NONE,
         )
         core.gatekeeper = GatekeeperSide(
             self.connections, stores, tokens=tokens, base_url=config.gatekeeper_url, http=http
@@ -95,6 +96,7 @@ class BridgeApp:
         await self.matrix.start()
         await core.start()
         await self.matrix.open_rooms()
+        await core.tell_revoked()
         await self.connections.start()
         self.jobs.every(RETENTION_INTERVAL, self.retention, "retention", first=60)
         log.info("bridge running: %s on %s:%s", config.appservice_id, config.hostname, config.port)

@@ -19,8 +19,8 @@ from dataclasses import dataclass
 
 import phonenumbers
 
-from bridge.config import BridgeConfig
-from bridge.db.logins import Login
+from bridge.config import BridgeConfig, PermissionLevel
+from bridge.db.logins import Login, LoginState
 from bridge.db.portals import Portal, Puppet
 from bridge.db.queues import InboxItem
 from bridge.db.stores import Stores
@@ -177,6 +177,34 @@ class BridgeCore:
         if queued:
             log.info("resuming %d stored items", len(queued))
         self.started = True
+
+    def revoked(self, mxid: str) -> bool:
+        """The config no longer lets this user use the bridge (their data stays until logout)."""
+        return self.config.permission(mxid) is PermissionLevel.NONE
+
+    async def tell_revoked(self) -> None:
+        """Tell each logged-in user whom the config no longer allows, once, why nothing is
+        bridged for them any more."""
+        for login in await self.logins.all(LoginState.ENLISTED):
+            flag = f"revoked_told/{login.mxid}"
+            try:
+                told = await self.stores.kv.get(flag) == "1"
+                if not self.revoked(login.mxid):
+                    if told:
+                        await self.stores.kv.put(flag, "0")  # allowed again: a later revocation is told again
+                    continue
+                if told or login.management_room is None:
+                    continue
+                await self.matrix.send_notice(
+                    login.management_room,
+                    f"The bridge's admin no longer allows you to use this bridge, so your {self.network} chats are "
+                    "not bridged any more. Your keys and chats are kept: ask the admin, or send `logout` to "
+                    "erase them.",
+                    txn_id=f"dma-revoked-{login.mxid}-{login.created_at}",
+                )
+                await self.stores.kv.put(flag, "1")
+            except Exception:
+                log.exception("could not tell %s that the bridge no longer serves them", login.mxid)
 
     async def settle(self) -> None:
         """Wait until the loops, the background posts and the grouped writes are done

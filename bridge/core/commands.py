@@ -47,6 +47,8 @@ class Command:
     level: PermissionLevel = PermissionLevel.USER
     needs_login: bool = False
     aliases: tuple[str, ...] = ()
+    # An admin may run it in anyone's portal, logged in or not (it acts on the room only).
+    admin_in_portal: bool = False
 
 
 COMMANDS: dict[str, Command] = {}
@@ -59,9 +61,10 @@ def command(
     level: PermissionLevel = PermissionLevel.USER,
     needs_login: bool = False,
     aliases: tuple[str, ...] = (),
+    admin_in_portal: bool = False,
 ) -> Callable[[Handler], Handler]:
     def register(handler: Handler) -> Handler:
-        entry = Command(name, summary, handler, level, needs_login, aliases)
+        entry = Command(name, summary, handler, level, needs_login, aliases, admin_in_portal)
         for key in (name, *aliases):
             COMMANDS[key] = entry
         return handler
@@ -106,26 +109,33 @@ async def dispatch(
 ) -> None:
     """Run a command line. Permission is checked here, so no command can forget it."""
     level = core.config.permission(sender)
-    if level is PermissionLevel.NONE:
+    words = text.strip().split()
+    login = await core.logins.get(sender)
+    # One whose access was revoked may still erase what the bridge keeps of them.
+    may_erase = login is not None and words and words[0].lower() == "logout"
+    if level is PermissionLevel.NONE and not may_erase:
         await core.matrix.send_notice(room_id, "You are not allowed to use this bridge. Ask its admin for access.")
         return
-    words = text.strip().split()
     if not words:
         return
-    login = await core.logins.get(sender)
     draft = state.drafts.get(sender)
     if draft is not None and words[0].lower() in ("yes", "no", "cancel") and draft.room_id == room_id:
         await _continue_login(Context(core, room_id, sender, words[1:], portal, login), state, words[0].lower())
+        return
+    if portal is not None and sender != portal.receiver and level is not PermissionLevel.ADMIN:
+        # A portal is its owner's: other members of the room do not steer it.
+        await core.matrix.send_notice(room_id, "Only the owner of this chat (or a bridge admin) can use commands here.")
         return
     entry = COMMANDS.get(words[0].lower())
     ctx = Context(core, room_id, sender, words[1:], portal, login)
     if entry is None:
         await ctx.reply(f"Unknown command `{words[0]}`. Send `help` to see what the bridge understands.")
         return
-    if level.value < entry.level.value:
+    if level.value < entry.level.value and not may_erase:
         await ctx.reply(f"`{entry.name}` is for bridge admins.")
         return
-    if entry.needs_login and (login is None or login.state is not LoginState.ENLISTED):
+    as_admin = entry.admin_in_portal and portal is not None and level is PermissionLevel.ADMIN
+    if entry.needs_login and not as_admin and (login is None or login.state is not LoginState.ENLISTED):
         await ctx.reply("You are not logged in. Send `login` first.")
         return
     if entry.name == "login":
@@ -242,13 +252,32 @@ async def cancel_command(ctx: Context) -> None:
     await ctx.reply("Nothing to cancel.")
 
 
-@command("logout", "Opt out at the gatekeeper and erase your keys, sessions and chats here.", needs_login=True)
+@command("logout", "Opt out at the gatekeeper and erase your keys, sessions and chats here.")
 async def logout_command(ctx: Context) -> None:
+    """Erases everything here whatever the gatekeeper says: a user it already removed
+    (405, 428), or one it cannot be reached for, still gets their data deleted."""
     core = ctx.core
-    if not core.gatekeeper.connected(ctx.sender):
-        await ctx.reply("Not connected to the gatekeeper, so the opt-out cannot be sent now; try again in a moment.")
+    if ctx.login is None:
+        await ctx.reply("You are not logged in: the bridge holds no keys or records of yours.")
         return
-    await core.gatekeeper.opt_out(ctx.sender)
+    there = f"{core.network} deleted your enlistment"
+    if ctx.login.state is not LoginState.ENLISTED:
+        there = f"{core.network} no longer had an enlistment of yours"
+    elif not core.gatekeeper.connected(ctx.sender):
+        there = (
+            f"{core.network} could not be reached to opt you out; an enlistment without a connection ends "
+            "there after 30 days"
+        )
+    else:
+        try:
+            await core.gatekeeper.opt_out(ctx.sender)
+        except GipError as exc:
+            if exc.code in (GipErrorCode.NOT_ENLISTED, GipErrorCode.UNENLISTED):
+                there = f"{core.network} no longer had an enlistment of yours"
+            else:
+                there = f"{core.network} did not confirm the opt-out ({exc.code.value})"
+        except Exception as exc:  # Unavailable and the like: the local erasure goes on
+            there = f"{core.network} did not confirm the opt-out ({type(exc).__name__})"
     await core.gatekeeper.disconnect(ctx.sender)
     for portal in await core.portals.of_receiver(ctx.sender):
         puppet = await core.puppets.get(portal.peer)
@@ -260,10 +289,7 @@ async def logout_command(ctx: Context) -> None:
     core.messages.forget_receiver(ctx.sender)
     core.gatekeeper.forget(ctx.sender)
     core.states.pop(ctx.sender, None)
-    await ctx.reply(
-        f"Logged out. {core.network} deleted your enlistment, and the bridge erased your keys, sessions "
-        "and message records."
-    )
+    await ctx.reply(f"Logged out. {there}, and the bridge erased your keys, sessions and message records.")
 
 
 @command(
@@ -363,7 +389,12 @@ async def verify_command(ctx: Context) -> None:
     await ctx.reply(f"Safety number (compare it with the one the other person sees):\n{fingerprint.display_groups()}")
 
 
-@command("delete-portal", "Remove this chat's room (the chat itself stays on the other side).", needs_login=True)
+@command(
+    "delete-portal",
+    "Remove this chat's room (the chat itself stays on the other side).",
+    needs_login=True,
+    admin_in_portal=True,
+)
 async def delete_portal_command(ctx: Context) -> None:
     if ctx.portal is None or ctx.portal.room_id is None:
         await ctx.reply("Send `delete-portal` in the chat room you want to remove.")
@@ -371,7 +402,7 @@ async def delete_portal_command(ctx: Context) -> None:
     puppet = await ctx.core.puppets.get(ctx.portal.peer)
     await ctx.core.portals.delete(ctx.portal.receiver, ctx.portal.peer)
     if puppet is not None:
-        await ctx.core.matrix.leave_portal(ctx.portal.room_id, puppet.mxid, ctx.sender)
+        await ctx.core.matrix.leave_portal(ctx.portal.room_id, puppet.mxid, ctx.portal.receiver)
 
 
 @command("encrypt", "Turn on end-to-end encryption in this chat's room (it cannot be turned off).", needs_login=True)

@@ -162,6 +162,12 @@ class MatrixFlow:
                     room_id, event_id, "m.no_permission", "Only the owner of this chat can write to the other side."
                 )
             return None
+        if core.revoked(sender):
+            if event_id is not None:
+                text = "The bridge's admin no longer allows you to use this bridge."
+                self._refuse(room_id, event_id, "m.no_permission", text)
+                await core.matrix.send_notice(room_id, f"⚠️ Not delivered: {text}", txn_id=f"dma-refused-{event_id}")
+            return None
         login = await core.logins.get(sender)
         if login is None or login.state is not LoginState.ENLISTED:
             if event_id is not None:

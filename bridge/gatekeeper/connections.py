@@ -265,9 +265,13 @@ class ConnectionManager:
         limits: ConnectionsConfig | None = None,
         client_ip: str | None = None,
         gatekeeper_static: bytes | None = None,
+        allowed: Callable[[str], bool] = lambda mxid: True,
         now_ms: Callable[[], int] = lambda: int(time.time() * 1000),
     ) -> None:
         self.stores = stores
+        # Whether the config still lets this Matrix user use the bridge: one it no longer
+        # does keeps its data but gets no connection.
+        self.allowed = allowed
         self.gatekeeper_static = gatekeeper_static
         self.tokens = tokens
         self.base_url = base_url
@@ -317,7 +321,7 @@ class ConnectionManager:
     async def start(self) -> None:
         """Connect every enlisted user, spread out: 20 ms apart, and over no more than
         ``startup_spread_seconds`` in all (a thousand users take 20 s, ten take 0.2 s)."""
-        logins = await self.stores.logins.all(LoginState.ENLISTED)
+        logins = [login for login in await self.stores.logins.all(LoginState.ENLISTED) if self.allowed(login.mxid)]
         step = min(STARTUP_STEP, self.limits.startup_spread_seconds / max(len(logins), 1))
         for index, login in enumerate(logins):
             self.connect(login, delay=step * index)
@@ -348,8 +352,8 @@ class ConnectionManager:
     async def on_push(self, uvid: str) -> None:
         """The gatekeeper holds messages for this user: connect now."""
         login = await self.stores.logins.by_uvid(uvid)
-        if login is None or login.state is not LoginState.ENLISTED:
-            log.info("push for an identifier without an enlisted login")
+        if login is None or login.state is not LoginState.ENLISTED or not self.allowed(login.mxid):
+            log.info("push for an identifier without an enlisted login the bridge serves")
             return
         self.connect(login)
 

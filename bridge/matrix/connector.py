@@ -46,7 +46,7 @@ from mautrix.types import (
     UserID,
 )
 
-from bridge.config import BridgeConfig
+from bridge.config import BridgeConfig, PermissionLevel
 from bridge.core.bridge import BridgeCore, portal_key, room_key
 from bridge.core.commands import CommandState, dispatch
 from bridge.core.errors import Refused, RetryAfter, Unavailable
@@ -130,6 +130,7 @@ class MatrixConnector:
             verify_ssl=config.verify_ssl,
         )
         self.intake = MatrixIntake(stores.matrix_events)
+        self.intake.room_filter = self._bridged_room
         self.intake.on_typing = self._typing
         self.az.transaction_sink = self.intake.receive
         self.az.app.add_routes(routes)
@@ -293,6 +294,16 @@ class MatrixConnector:
     def is_puppet(self, user: str) -> bool:
         return bool(self._puppet_pattern.match(user))
 
+    async def _bridged_room(self, room_id: str, raw: dict[str, Any]) -> bool:
+        """Whether an event of this room is the bridge's business: kept (stored) only for
+        portals and rooms the bot joined (management rooms), and the bot's own invites."""
+        if raw.get("type") == "m.room.member" and raw.get("state_key") == self.bot_mxid:
+            return True  # an invite, judged in _member; or the bot's own membership
+        if room_id in self._management_rooms or await self.stores.portals.by_room(room_id) is not None:
+            return True
+        membership = await self.state_store.get_membership(RoomID(room_id), UserID(self.bot_mxid))
+        return membership == Membership.JOIN
+
     def _ours(self, user: str) -> bool:
         return user == self.bot_mxid or self.is_puppet(user)
 
@@ -399,6 +410,13 @@ class MatrixConnector:
 
     async def _member(self, evt: StateEvent) -> None:
         if evt.state_key == self.bot_mxid and evt.content.membership == Membership.INVITE:
+            if not self._ours(evt.sender) and self.config.permission(evt.sender) is PermissionLevel.NONE:
+                # Anyone may invite; only those allowed to use the bridge get the bot.
+                log.info("declined an invite from %s, who may not use the bridge", evt.sender)
+                await _calling_homeserver(
+                    self.az.intent.leave_room(evt.room_id, reason="You are not allowed to use this bridge.")
+                )
+                return
             await _calling_homeserver(self.az.intent.join_room(evt.room_id))
             await self._load_room_state(evt.room_id)
             members = await _calling_homeserver(self.az.intent.get_joined_members(evt.room_id))

@@ -22,6 +22,7 @@ from bridge.db.matrix_events import MatrixEventStore, NewEvent, StoredEvent
 log = logging.getLogger(__name__)
 Consumer = Callable[[StoredEvent], None]
 Hint = Callable[[Any], Awaitable[None]]
+RoomFilter = Callable[[str, dict[str, Any]], Awaitable[bool]]
 ROOM_KINDS = ("event", "receipt")
 CRYPTO_KINDS = ("to_device", "device_lists")
 
@@ -79,7 +80,10 @@ class MatrixIntake:
         self.crypto = Gate(store, CRYPTO_KINDS)
         self.on_typing: Hint | None = None  # an m.typing EDU
         self.on_key_counts: Hint | None = None  # MSC3202 one-time-key counts
+        # Which rooms' events are the bridge's business; the others are dropped unstored.
+        self.room_filter: RoomFilter | None = None
         self.transactions = 0
+        self.dropped = 0
 
     async def receive(self, key: str, data: dict[str, Any]) -> None:
         """Store one transaction (raises when it could not be stored: answer 500)."""
@@ -95,11 +99,12 @@ class MatrixIntake:
             if not isinstance(raw, dict):
                 continue
             if raw.get("type") == "m.receipt":
-                parts.append(NewEvent("receipt", raw, room_id=raw.get("room_id")))
+                if await self._wanted(raw):
+                    parts.append(NewEvent("receipt", raw, room_id=raw.get("room_id")))
             elif raw.get("type") == "m.typing":
                 typing.append(raw)
         for raw in data.get("events") or []:
-            if isinstance(raw, dict):
+            if isinstance(raw, dict) and await self._wanted(raw):
                 parts.append(NewEvent("event", raw, room_id=raw.get("room_id"), event_id=raw.get("event_id")))
         stored = await self._store.store_transaction(key, parts)
         self.transactions += 1
@@ -112,6 +117,15 @@ class MatrixIntake:
         if self.on_typing is not None and self.rooms.open:
             for raw in typing:
                 await self._hint(self.on_typing, raw, "typing")
+
+    async def _wanted(self, raw: dict[str, Any]) -> bool:
+        room_id = raw.get("room_id")
+        if self.room_filter is None or not isinstance(room_id, str):
+            return True
+        if await self.room_filter(room_id, raw):
+            return True
+        self.dropped += 1
+        return False
 
     @staticmethod
     async def _hint(handler: Hint, value: Any, what: str) -> None:

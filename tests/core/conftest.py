@@ -36,6 +36,7 @@ def config():
     data["appservice"]["as_token"] = data["appservice"]["hs_token"] = "x" * 32
     data["encryption_at_rest"]["key"] = "A" * 43 + "="
     data["bridge"]["encryption"]["default"] = False
+    data["bridge"]["permissions"] = {"test": "user", "@admin:test": "admin"}
     return parse_config(data)
 
 
