@@ -29,6 +29,7 @@ from bridge.gip import stanzas as st
 from bridge.gip.client import (
     ChatStateEvent,
     Event,
+    IdentityChangedEvent,
     MessageEvent,
     NotificationEvent,
     ReceiptEvent,
@@ -400,6 +401,9 @@ class BridgeCore:
                 portal_key(login.mxid, peer),
                 Transient(f"typing from {peer}", lambda: self._typing(login, peer, event.state)),
             )
+        elif isinstance(event, IdentityChangedEvent):
+            # Found by the bridge itself: inside the unit that stores the new session.
+            await self._store(login, event.device, event.id, "identity", b"", None)
         elif isinstance(event, NotificationEvent) and event.kind == "identity" and event.sender is not None:
             await self._store(login, event.sender, event.node.attr("id"), "identity", b"", None)
         elif isinstance(event, UndecryptableEvent):

@@ -23,6 +23,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import contextlib
+import hashlib
 import itertools
 import logging
 import secrets
@@ -40,6 +41,7 @@ from bridge.signal import (
     IdentityChange,
     MessageType,
     PreKeyRecord,
+    PublicKey,
     SessionCipher,
     SignalError,
     SignalStore,
@@ -116,6 +118,24 @@ class ChatStateEvent:
 
 
 @dataclass(frozen=True, slots=True)
+class IdentityChangedEvent:
+    """A peer device's identity key is not the one the bridge saw before (trust on first
+    use, per device), found by the bridge itself when a bundle opened a session. ``id`` is
+    the same for the same new key, so each change is reported once."""
+
+    device: Jid
+    id: str
+
+    @property
+    def sender(self) -> Jid:
+        return self.device
+
+    @classmethod
+    def of(cls, device: Jid, key: PublicKey) -> IdentityChangedEvent:
+        return cls(device, f"identity/{device}/{hashlib.sha256(key.serialize()).hexdigest()[:16]}")
+
+
+@dataclass(frozen=True, slots=True)
 class NotificationEvent:
     kind: str
     sender: Jid | None
@@ -138,6 +158,7 @@ Event = (
     | ReceiptEvent
     | ChatStateEvent
     | NotificationEvent
+    | IdentityChangedEvent
     | OfflineEvent
     | DisconnectedEvent
 )
@@ -523,9 +544,12 @@ class GipClient:
     def _cipher(self, store: SignalStore, device: Jid) -> SessionCipher:
         return SessionCipher(store, device.signal_address(), clock=lambda: int(self._clock() * 1000))
 
-    async def _open_sessions(self, stage: StagedSignalStore, devices: list[Jid]) -> list[Jid]:
+    async def _open_sessions(
+        self, stage: StagedSignalStore, devices: list[Jid], changes: list[IdentityChangedEvent]
+    ) -> list[Jid]:
         """Sessions for the devices that have none, from one bundle request; returns the
-        devices that could not get one (the gatekeeper has no keys for them)."""
+        devices that could not get one (the gatekeeper has no keys for them). A bundle
+        whose identity key differs from the device's known one adds to ``changes``."""
         missing = [d for d in devices if not await self._cipher(stage, d).has_session()]
         if not missing:
             return []
@@ -534,7 +558,9 @@ class GipClient:
             if isinstance(result, st.BundleError):
                 failed.append(result.jid)
             else:
-                await self._cipher(stage, result.jid).process_bundle(result.to_signal())
+                bundle = result.to_signal()
+                if await self._cipher(stage, result.jid).process_bundle(bundle) is IdentityChange.REPLACED_EXISTING:
+                    changes.append(IdentityChangedEvent.of(result.jid, bundle.identity_key))
         return failed
 
     async def _encrypt(self, stage: StagedSignalStore, device: Jid, plaintext: bytes) -> st.Enc:
@@ -556,7 +582,8 @@ class GipClient:
         sessions with ``persist(prepared)`` in one unit; the peer's lock is held."""
         stage = StagedSignalStore(self.store)
         wanted = [d for d in devices.devices() if d not in done and d not in self._no_bundle]
-        for device in await self._open_sessions(stage, wanted):
+        changes: list[IdentityChangedEvent] = []
+        for device in await self._open_sessions(stage, wanted, changes):
             log.warning("the gatekeeper has no keys for a device of a recipient; it is left out until its list changes")
             self._no_bundle.add(device)
         participants = {d: e for d, e in done.items() if d in devices.devices()}
@@ -569,6 +596,8 @@ class GipClient:
         prepared = PreparedMessage(stanza_id, to.bare, message_type, t, devices.hash, ordered)
         async with self._atomic():
             await stage.commit()
+            for change in changes:  # the security notice is stored with the session that shows it
+                await self.on_event(change)
             if persist is not None:
                 await persist(prepared)
         return prepared
@@ -769,14 +798,20 @@ class GipClient:
                 fetched = (await self.fetch_bundles([device]))[0]
                 bundle = fetched if isinstance(fetched, st.Bundle) else None
             cipher = self._cipher(stage, device)
+            changes: list[IdentityChangedEvent] = []
             if bundle is not None and bundle.jid == device:
-                await cipher.process_bundle(bundle.to_signal())
+                keys = bundle.to_signal()
+                if await cipher.process_bundle(keys) is IdentityChange.REPLACED_EXISTING:
+                    # A reinstalled device: its owner is told before the message goes to it.
+                    changes.append(IdentityChangedEvent.of(device, keys.identity_key))
             elif not await cipher.has_session():
                 return
             enc = await self._encrypt(stage, device, encode_content(content))
             devices = await self.get_devices(sent.to)
             async with self._atomic():
                 await stage.commit()
+                for change in changes:
+                    await self.on_event(change)
         message = st.OutgoingMessage(receipt.id, sent.to, sent.type, int(self._clock()), devices.hash, ((device, enc),))
         self._spawn(self._await(("ack", receipt.id), message.node()), f"resend {receipt.id}")
 

@@ -232,7 +232,7 @@ def routes(gk: Gatekeeper) -> list[web.RouteDef]:
 
     async def reinstall(request: web.Request) -> web.Response:
         iid, data = native(request), await _json(request)
-        await gk.reinstall_native(iid, int(data.get("device", 0)))
+        await gk.reinstall_native(iid, int(data.get("device", 0)), notify=bool(data.get("notify", True)))
         return web.json_response({"ok": True})
 
     async def add_device(request: web.Request) -> web.Response:

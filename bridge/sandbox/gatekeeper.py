@@ -850,9 +850,12 @@ class Gatekeeper:
         self.store.remove_device(str(Jid.parse(native_iid).with_device(device_id)))
         await self._notify_contacts(native_iid, "devices", st.Node("remove", {"id": str(device_id)}))
 
-    async def reinstall_native(self, native_iid: str, device_id: int = 0) -> None:
+    async def reinstall_native(self, native_iid: str, device_id: int = 0, *, notify: bool = True) -> None:
+        """A new install of a native device (new identity key). ``notify=False`` plays a
+        gatekeeper that swaps a key without telling anyone: Partners must notice it themselves."""
         await NativeDevice(self.store, Jid.parse(native_iid).with_device(device_id), self.clock.now_ms).install()
-        await self._notify_contacts(native_iid, "identity")
+        if notify:
+            await self._notify_contacts(native_iid, "identity")
 
     async def _notify_contacts(self, native_iid: str, kind: str, *children: Node) -> None:
         for contact in self.store.contacts_of(native_iid):

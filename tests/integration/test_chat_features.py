@@ -137,6 +137,30 @@ async def test_identity_change_posts_a_security_notice(stack: Stack) -> None:
     await alice.close()
 
 
+async def test_a_key_swapped_without_notification_is_noticed_by_the_bridge(stack: Stack) -> None:
+    """Defect: the identity results of bundles were thrown away; the only security notice
+    came from the gatekeeper's notification, so a key it swapped silently went unseen."""
+    alice, _, portal, native, _ = await chat(stack)
+    await alice.status_of(await alice.say(portal, "before"))
+    await alice.say(portal, "!dma verify")
+    before = (await alice.notice(portal, "Safety number"))["content"]["body"]
+    await stack.sandbox.control("POST", f"/natives/{native['iid']}/reinstall", {"device": 0, "notify": False})
+    await alice.say(portal, "after")
+    # The new install cannot read the old session: it asks again with its new keys.
+    await alice.notice(portal, "security code changed", timeout=30)
+    texts = [m["content"].get("text") for m in await native_events(stack, native, "message", 2, timeout=30)]
+    assert "after" in texts
+    await alice.say(portal, "!dma verify")
+    await alice.wait_for(
+        lambda e: (
+            in_room(portal)(e)
+            and "Safety number" in (e["content"].get("body") or "")
+            and e["content"]["body"] != before
+        )
+    )
+    await alice.close()
+
+
 async def test_undecryptable_message_is_retried_and_arrives(stack: Stack) -> None:
     alice, _, portal, native, iid = await chat(stack)
     await alice.status_of(await alice.say(portal, "hi"))
