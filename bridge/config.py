@@ -118,6 +118,15 @@ class DeliveryConfig:
 
 
 @dataclass(frozen=True)
+class LimitsConfig:
+    """``bridge.limits``: each user's own limits, below the gatekeeper's, so that one
+    user who floods is stopped here before the gatekeeper acts against the integrator."""
+
+    messages_per_minute: int = 300
+    first_contacts_per_day: int = 50
+
+
+@dataclass(frozen=True)
 class ConnectionsConfig:
     """``gatekeeper.connections``: the users' chat connections."""
 
@@ -157,6 +166,7 @@ class BridgeConfig:
     encryption: EncryptionConfig = EncryptionConfig()
     retention: RetentionConfig = RetentionConfig()
     delivery: DeliveryConfig = DeliveryConfig()
+    limits: LimitsConfig = LimitsConfig()
     connections: ConnectionsConfig = ConnectionsConfig()
 
     @property
@@ -302,6 +312,10 @@ def parse_config(data: Any, *, require_tokens: bool = True) -> BridgeConfig:
             days=_positive(data, "bridge.retention.days"),
             retry_hours=_positive(data, "bridge.retention.retry_hours"),
             retry_messages=_positive(data, "bridge.retention.retry_messages"),
+        ),
+        limits=LimitsConfig(
+            messages_per_minute=_positive(data, "bridge.limits.messages_per_minute"),
+            first_contacts_per_day=_positive(data, "bridge.limits.first_contacts_per_day"),
         ),
         delivery=DeliveryConfig(
             max_attempts=_positive(data, "bridge.delivery.max_attempts"),

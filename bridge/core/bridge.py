@@ -42,6 +42,7 @@ from bridge.tasks import BackgroundTasks
 
 from .gatekeeper_api import GatekeeperAPI
 from .inbound import InboxWork, ReceiptWork
+from .limits import UserLimits
 from .matrix_api import BridgeInfo, MatrixAPI
 from .outbound import MatrixFlow, OutboxWork
 from .portal_loop import LoopKey, LoopPolicy, PortalLoops, Transient, Work
@@ -133,6 +134,7 @@ class BridgeCore:
         self._tasks = BackgroundTasks()
         self.statuses = StatusSender(matrix, self._tasks)
         self.flow = MatrixFlow(self)
+        self.limits = UserLimits(config.limits)
         self.states: dict[str, StateChange] = {}
         self._told_trouble: set[str] = set()
         self._registered: set[str] = set()  # puppets registered on the homeserver in this run

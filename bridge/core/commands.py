@@ -332,6 +332,14 @@ async def start_chat_command(ctx: Context) -> None:
     jid = await _resolve(ctx)
     if jid is None or ctx.login is None:
         return
+    limits = ctx.core.limits
+    if await ctx.core.portals.get(ctx.login.mxid, jid) is None and not limits.first_contacts.allow(ctx.sender):
+        hours = max(1, round(limits.first_contacts.retry_in(ctx.sender) / 3600))
+        await ctx.reply(
+            f"You have started chats with {limits.first_contacts.limit} new people today, as many as this bridge "
+            f"allows in a day; try again in {hours} h."
+        )
+        return
     portal, puppet = await ctx.core.ensure_portal(ctx.login, jid, ctx.args[0])
     await ctx.reply(f"Opened a chat with {puppet.displayname}: https://matrix.to/#/{portal.room_id}")
 

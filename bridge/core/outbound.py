@@ -175,6 +175,16 @@ class MatrixFlow:
                 self._refuse(room_id, event_id, "m.no_permission", text)
                 await core.matrix.send_notice(room_id, f"⚠️ Not delivered: {text}", txn_id=f"dma-refused-{event_id}")
             return None
+        if event_id is not None and not core.limits.messages.allow(sender):
+            window = core.limits.messages
+            text = (
+                f"You are sending faster than this bridge allows ({window.limit} a minute), so this was not "
+                f"delivered; wait {window.retry_in(sender):.0f} s."
+            )
+            self._refuse(room_id, event_id, "m.no_permission", text)
+            if core.limits.tell_once(sender, window):  # one notice for a flood, a status for each
+                await core.matrix.send_notice(room_id, f"⚠️ Not delivered: {text}", txn_id=f"dma-refused-{event_id}")
+            return None
         return portal, login
 
     def _refuse(self, room_id: str, event_id: str, reason: str, text: str) -> None:
