@@ -103,7 +103,7 @@ class SessionCipher:
         record = await self._store.load_session(self._address) or SessionRecord()
         # Until the peer hears from us, each of its messages is a PreKey message for a
         # session we already have: the prekeys are needed only to build a new one.
-        known = record.promote_matching(message.message_version, message.base_key.serialize()) is not None
+        known = record.find_matching(message.message_version, message.base_key.serialize())
         one_time = signed = None
         if not known:
             signed = await self._store.load_signed_pre_key(message.signed_pre_key_id)
@@ -118,7 +118,10 @@ class SessionCipher:
             one_time_pre_key=one_time,
         )
         await self._store.store_session(self._address, record)
-        change = await self._store.save_identity(self._address, message.identity_key)
+        # The open session's identity: a late message from an old install does not flip
+        # the trusted identity back to the key that install had.
+        assert record.current is not None
+        change = await self._store.save_identity(self._address, record.current.remote_identity)
         if consumed is not None:
             await self._store.remove_pre_key(consumed)
         return DecryptResult(plaintext, change)

@@ -4,8 +4,11 @@ Each function takes a :class:`SessionRecord` and returns a new one; nothing is m
 and nothing is stored, so the caller decides when the new record is durable.
 Behaviour follows libsignal's ``session_cipher.rs``/``session_management.rs``:
 
-* the current state is tried first, then archived states in order, and the one that
-  decrypts is promoted; a duplicate is reported at once without trying other states;
+* the current state is tried first, then archived states in order; one that decrypts
+  is advanced where it is and never made current again (libsignal-node, WhatsApp's
+  lineage, never moves its open session for a late message: promoting, as current Rust
+  libsignal does, would send our next message to a session the peer has closed); a
+  duplicate is reported at once without trying other states;
 * ``previous_counter`` is sent as libsignal sends it (last counter used) and never
   relied on: skipped keys are derived on demand from up to five receiving chains;
 * the initiator wraps its messages as PreKey messages until the first reply decrypts.
@@ -28,6 +31,7 @@ from .messages import MessageType, PreKeySignalMessage, SignalMessage
 from .prekeys import IdentityKeyPair, PreKeyBundle, PreKeyRecord, SignedPreKeyRecord
 from .skipped_keys import keys_for_counter
 from .state import (
+    ARCHIVED_STATES_MAX_LENGTH,
     PendingPreKey,
     ReceiverChain,
     SessionRecord,
@@ -113,7 +117,7 @@ def encrypt(record: SessionRecord, plaintext: bytes, *, now_ms: int) -> tuple[Se
 
 
 def decrypt_signal_message(record: SessionRecord, message: SignalMessage) -> tuple[SessionRecord, bytes]:
-    """Decrypt with the current state, else an archived one, which is then promoted.
+    """Decrypt with the current state, else an archived one, which stays archived.
 
     Raises:
         NoSessionError: the record holds no session at all.
@@ -139,7 +143,9 @@ def decrypt_signal_message(record: SessionRecord, message: SignalMessage) -> tup
         except SignalError as exc:
             first_error = first_error or exc
             continue
-        return record.promote_previous(index, state), plaintext
+        if record.current is None:
+            return record.promote_previous(index, state), plaintext  # no open session to keep
+        return record.update_previous(index, state), plaintext
     assert first_error is not None
     raise first_error
 
@@ -161,9 +167,10 @@ def process_prekey_message(
     Raises:
         InvalidPreKeyIdError: the keys the message names were not supplied.
     """
-    matched = record.promote_matching(message.message_version, message.base_key.serialize())
-    if matched is not None:
-        return matched, None
+    if record.find_matching(message.message_version, message.base_key.serialize()):
+        # A session we have (a late PreKey message, or a repeat of one): decrypted where
+        # it is, current or archived; the open session stays the newest one.
+        return record, None
     if signed_pre_key is None or signed_pre_key.id != message.signed_pre_key_id:
         raise InvalidPreKeyIdError("unknown signed prekey")
     if message.pre_key_id is not None and (one_time_pre_key is None or one_time_pre_key.id != message.pre_key_id):
@@ -181,6 +188,17 @@ def process_prekey_message(
         local_registration_id=our_registration_id,
         remote_registration_id=message.registration_id,
     )
+    current = record.current
+    if (
+        current is not None
+        and current.pending_pre_key is not None
+        and current.remote_identity.serialize() == message.identity_key.serialize()
+    ):
+        # Both sides started a session at once (the same install: the same identity). The
+        # peer makes ours its open session when our PreKey message reaches it, and
+        # libsignal-node corrupts its open session while it tries it on a message of
+        # another; so ours stays open here, and theirs is archived to decrypt with.
+        return SessionRecord(current, (state, *record.previous)[:ARCHIVED_STATES_MAX_LENGTH]), message.pre_key_id
     return record.promote_state(state), message.pre_key_id
 
 

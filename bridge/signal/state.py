@@ -102,21 +102,22 @@ class SessionRecord:
         rest = self.previous[:index] + self.previous[index + 1 :]
         return SessionRecord(self.current, rest).promote_state(state)
 
+    def update_previous(self, index: int, state: SessionState) -> SessionRecord:
+        """The archived state at ``index`` replaced by its advanced self, still archived."""
+        return SessionRecord(self.current, (*self.previous[:index], state, *self.previous[index + 1 :]))
+
+    def find_matching(self, version: int, alice_base_key: bytes) -> bool:
+        """Whether a state (current or archived) was set up by this base key."""
+        return any(
+            state is not None and state.session_version == version and state.alice_base_key == alice_base_key
+            for state in (self.current, *self.previous)
+        )
+
     def archive_current(self) -> SessionRecord:
         """Move the current state to the archive, leaving no current session."""
         if self.current is None:
             return self
         return SessionRecord(None, (self.current, *self.previous)[:ARCHIVED_STATES_MAX_LENGTH])
-
-    def promote_matching(self, version: int, alice_base_key: bytes) -> SessionRecord | None:
-        """The record with the state set up by this base key made current, if there is one."""
-        current = self.current
-        if current is not None and current.session_version == version and current.alice_base_key == alice_base_key:
-            return self
-        for index, state in enumerate(self.previous):
-            if state.session_version == version and state.alice_base_key == alice_base_key:
-                return self.promote_previous(index, state)
-        return None
 
     def has_usable_sender_chain(self, now_ms: int) -> bool:
         state = self.current

@@ -220,6 +220,45 @@ async def test_peer_reinstall_archives_old_session_when_peer_initiates(signal_pe
 
 
 @pytest.mark.parametrize("impl", IMPLEMENTATIONS)
+async def test_a_late_message_from_the_old_install_leaves_the_new_session_open(
+    signal_peer: NodeSignalPeer, impl: str
+) -> None:
+    """Defect: decrypting on an archived session promoted it and flipped the identity
+    back, so our next message went to a session the reinstalled peer no longer has."""
+    py, js = fresh_pair(signal_peer, impl)
+    await establish(py, js, python_initiates=False, one_time=True)
+    late = js.encrypt(py.name, b"sent before the reinstall, delivered after")
+    js.reinstall()
+    js.process_bundle(py.name, await py.make_bundle(one_time=True))
+    t, body = js.encrypt(py.name, b"new phone")
+    assert await py.decrypt(js.name, t, body) == b"new phone"
+    assert await py.decrypt(js.name, *late) == b"sent before the reinstall, delivered after"
+    identity = await py.store.get_identity(ProtocolAddress(js.name, 1))
+    assert identity is not None and identity.serialize() == js.identity_key, "the newest identity stays trusted"
+    for i in range(3):
+        t, body = await py.encrypt(js.name, b"ours %d" % i)
+        assert js.decrypt(py.name, t, body) == b"ours %d" % i
+        t, body = js.encrypt(py.name, b"theirs %d" % i)
+        assert await py.decrypt(js.name, t, body) == b"theirs %d" % i
+
+
+@pytest.mark.parametrize("impl", IMPLEMENTATIONS)
+async def test_simultaneous_initiation_goes_on_both_ways(signal_peer: NodeSignalPeer, impl: str) -> None:
+    py, js = fresh_pair(signal_peer, impl)
+    await py.process_bundle(js.name, js.make_bundle(one_time=True))
+    js.process_bundle(py.name, await py.make_bundle(one_time=True))
+    ours = await py.encrypt(js.name, b"hello from py")
+    theirs = js.encrypt(py.name, b"hello from js")
+    assert js.decrypt(py.name, *ours) == b"hello from py"
+    assert await py.decrypt(js.name, *theirs) == b"hello from js"
+    for i in range(4):
+        t, body = await py.encrypt(js.name, b"py %d" % i)
+        assert js.decrypt(py.name, t, body) == b"py %d" % i
+        t, body = js.encrypt(py.name, b"js %d" % i)
+        assert await py.decrypt(js.name, t, body) == b"js %d" % i
+
+
+@pytest.mark.parametrize("impl", IMPLEMENTATIONS)
 async def test_xeddsa_signatures_accepted_both_ways(signal_peer: NodeSignalPeer, impl: str) -> None:
     py, js = fresh_pair(signal_peer, impl)
     for i in range(24):

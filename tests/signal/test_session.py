@@ -108,7 +108,7 @@ async def test_at_most_five_receiver_chains() -> None:
     assert len(record.current.receiver_chains) == MAX_RECEIVER_CHAINS
 
 
-async def test_archived_session_decrypts_and_is_promoted() -> None:
+async def test_archived_session_decrypts_and_stays_archived() -> None:
     alice, bob = await _pair()
     await bob.decrypt("alice", *await alice.encrypt("bob", b"x"))
     await alice.decrypt("bob", *await bob.encrypt("alice", b"y"))
@@ -117,11 +117,15 @@ async def test_archived_session_decrypts_and_is_promoted() -> None:
     await alice.process_bundle("bob", await bob.make_bundle(one_time=False))
     record = await alice.store.load_session(ProtocolAddress("bob", 1))
     assert record.previous[0].alice_base_key == first.current.alice_base_key
-    # Bob still speaks the first session: alice finds it in the archive and promotes it.
+    # Bob still speaks the first session: alice finds it in the archive and decrypts there,
+    # but keeps the newer session open (as libsignal-node does).
+    second = record.current.alice_base_key
     assert await alice.decrypt("bob", *await bob.encrypt("alice", b"old")) == b"old"
     record = await alice.store.load_session(ProtocolAddress("bob", 1))
-    assert record.current.alice_base_key == first.current.alice_base_key
+    assert record.current.alice_base_key == second
+    assert record.previous[0].alice_base_key == first.current.alice_base_key
     assert len(record.previous) == 1
+    assert await alice.decrypt("bob", *await bob.encrypt("alice", b"old again")) == b"old again"
 
 
 async def test_archive_holds_at_most_forty_states() -> None:

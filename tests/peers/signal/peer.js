@@ -8,6 +8,9 @@
 // WhatsApp-lineage library). Stores keep records serialized, as a real store must.
 
 const readline = require('readline');
+// stdout carries the answers: libsignal-node's own console messages ("Closing open
+// session in favor of incoming prekey bundle") go to stderr.
+console.log = console.info = console.warn = console.error;
 const S = require('@signalapp/libsignal-client');
 const LN = require('libsignal');
 
