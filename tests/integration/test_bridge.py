@@ -87,11 +87,12 @@ async def test_user_without_permission_is_refused(stack: Stack) -> None:
     original = dict(config.permissions)
     from bridge.config import PermissionLevel
 
+    # The bot joined while mallory was allowed (it declines invites from the others).
+    mallory = await stack.user()
+    room = await management_room(stack, mallory)
     config.permissions.clear()
     config.permissions["@admin:localhost"] = PermissionLevel.ADMIN
     try:
-        mallory = await stack.user()
-        room = await management_room(stack, mallory)
         await mallory.say(room, "login")
         await mallory.notice(room, "not allowed to use this bridge")
         assert await stack.bridge.core.logins.get(mallory.mxid) is None
