@@ -295,10 +295,13 @@ class MatrixConnector:
         return bool(self._puppet_pattern.match(user))
 
     async def _bridged_room(self, room_id: str, raw: dict[str, Any]) -> bool:
-        """Whether an event of this room is the bridge's business: kept (stored) only for
-        portals and rooms the bot joined (management rooms), and the bot's own invites."""
-        if raw.get("type") == "m.room.member" and raw.get("state_key") == self.bot_mxid:
-            return True  # an invite, judged in _member; or the bot's own membership
+        """Whether an event of this room is the bridge's business: messages, reactions,
+        redactions and receipts are kept (stored) only for portals and rooms the bot joined
+        (management rooms)."""
+        if "state_key" in raw:
+            # State (memberships above all: invites are judged in _member) is kept: the room
+            # state must be whole even for a portal whose row is written a moment later.
+            return True
         if room_id in self._management_rooms or await self.stores.portals.by_room(room_id) is not None:
             return True
         membership = await self.state_store.get_membership(RoomID(room_id), UserID(self.bot_mxid))
