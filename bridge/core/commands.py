@@ -122,11 +122,13 @@ async def dispatch(
     if draft is not None and words[0].lower() in ("yes", "no", "cancel") and draft.room_id == room_id:
         await _continue_login(Context(core, room_id, sender, words[1:], portal, login), state, words[0].lower())
         return
-    if portal is not None and sender != portal.receiver and level is not PermissionLevel.ADMIN:
-        # A portal is its owner's: other members of the room do not steer it.
+    entry = COMMANDS.get(words[0].lower())
+    admin_here = level is PermissionLevel.ADMIN and entry is not None and entry.admin_in_portal
+    if portal is not None and sender != portal.receiver and not admin_here:
+        # A portal is its owner's: other members of the room do not steer it (an admin may
+        # only run what acts on the room itself, never their own account on its peer).
         await core.matrix.send_notice(room_id, "Only the owner of this chat (or a bridge admin) can use commands here.")
         return
-    entry = COMMANDS.get(words[0].lower())
     ctx = Context(core, room_id, sender, words[1:], portal, login)
     if entry is None:
         await ctx.reply(f"Unknown command `{words[0]}`. Send `help` to see what the bridge understands.")
@@ -263,6 +265,11 @@ async def logout_command(ctx: Context) -> None:
     there = f"{core.network} deleted your enlistment"
     if ctx.login.state is not LoginState.ENLISTED:
         there = f"{core.network} no longer had an enlistment of yours"
+    elif core.revoked(ctx.sender):
+        there = (
+            f"the bridge no longer connects to {core.network} for you, so it could not opt you out there; an "
+            "enlistment without a connection ends after 30 days"
+        )
     elif not core.gatekeeper.connected(ctx.sender):
         there = (
             f"{core.network} could not be reached to opt you out; an enlistment without a connection ends "

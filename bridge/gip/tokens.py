@@ -150,6 +150,8 @@ def token_key_id(token: str) -> str:
     """The ``kid`` of a token whose header is acceptable; refuses every other ``alg``."""
     if len(token) > MAX_TOKEN_BYTES:
         raise GipError(GipErrorCode.TOKEN, "token larger than 4 KiB")
+    if not token.isascii():  # a JWT is ASCII; anything else (lone surrogates too) is refused here
+        raise GipError(GipErrorCode.TOKEN, "malformed token")
     try:
         header = jwt.get_unverified_header(token)
     except jwt.PyJWTError as exc:
@@ -293,6 +295,13 @@ class JwksFetcher:
             return verify_token(token, keys, **kwargs)
         except UnknownKeyIdError:
             if self._flight is None and not self._may_fetch():
+                if self._failure is not None:
+                    raise JwksUnavailableError(self._failure) from None  # perhaps a new key we cannot fetch
                 raise  # negative cache: the last fetch did not bring this kid
             await self._refresh()
-            return verify_token(token, self._keys, **kwargs)
+            try:
+                return verify_token(token, self._keys, **kwargs)
+            except UnknownKeyIdError:
+                if self._failure is not None:
+                    raise JwksUnavailableError(self._failure) from None
+                raise

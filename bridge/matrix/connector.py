@@ -421,6 +421,8 @@ class MatrixConnector:
                 )
                 return
             await _calling_homeserver(self.az.intent.join_room(evt.room_id))
+            # Known at once, so that the room filter keeps the user's first commands.
+            await self.state_store.set_membership(evt.room_id, UserID(self.bot_mxid), Membership.JOIN)
             await self._load_room_state(evt.room_id)
             members = await _calling_homeserver(self.az.intent.get_joined_members(evt.room_id))
             if len(members) <= 2 and self.core is not None and not await self.core.portals.by_room(evt.room_id):

@@ -27,6 +27,10 @@ async def test_only_the_owner_or_an_admin_steers_a_portal(harness: Harness) -> N
     said = await _command(harness, room, MALLORY, "delete-portal")
     assert said == ["Only the owner of this chat (or a bridge admin) can use commands here."]
     assert await harness.core.portals.by_room(room) is not None, "the portal is still there"
+    said = await _command(harness, room, ADMIN, "block")
+    assert said == ["Only the owner of this chat (or a bridge admin) can use commands here."], (
+        "not on their own account"
+    )
     await _command(harness, room, ADMIN, "delete-portal")
     assert await harness.core.portals.get(ALICE, PEER) is None, "an admin may"
 

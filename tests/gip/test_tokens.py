@@ -183,3 +183,31 @@ async def test_a_flood_of_unknown_kids_makes_one_fetch_and_a_dead_jwks_is_unavai
     failing[0] = False
     assert (await dead.verify(_token(), **args))["sub"] == "@a:b"
     assert len(calls) == 2
+
+
+async def test_a_non_ascii_token_is_refused_and_a_new_key_during_an_outage_is_unavailable() -> None:
+    from bridge.gip.tokens import JwksUnavailableError, token_key_id
+
+    with pytest.raises(GipError):
+        token_key_id("\udc80\udcff.abc.def")  # what aiohttp makes of raw bytes 0x80-0xff
+    now = [0.0]
+    up = [True]
+
+    async def fetch() -> bytes:
+        if not up[0]:
+            raise OSError("unreachable")
+        return json.dumps(jwks_document([KEY])).encode()
+
+    fetcher = JwksFetcher(fetch, ttl=3600, min_refetch=30, clock=lambda: now[0])
+    args = {"issuer": "bridge", "audience": "WHATSAPP", "max_ttl": 600, "now": NOW}
+    await fetcher.verify(_token(), **args)
+    up[0] = False
+    now[0] = 31
+    rotated = SigningKey.generate("k-new")
+    token = issue_partner_token(rotated, integrator="bridge", uvid="@a:b", audience="WHATSAPP", country="DE", now=NOW)
+    # Signed with a key the JWKS cannot be asked about now: try again later, not refused.
+    with pytest.raises(JwksUnavailableError):
+        await fetcher.verify(token, **args)
+    with pytest.raises(JwksUnavailableError):
+        await fetcher.verify(token, **args)
+    assert (await fetcher.verify(_token(), **args))["sub"] == "@a:b", "the known key still works"
