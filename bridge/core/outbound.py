@@ -164,16 +164,15 @@ class MatrixFlow:
             return None
         if core.revoked(sender):
             if event_id is not None:
-                text = "The bridge's admin no longer allows you to use this bridge."
-                self._refuse(room_id, event_id, "m.no_permission", text)
-                await core.matrix.send_notice(room_id, f"⚠️ Not delivered: {text}", txn_id=f"dma-refused-{event_id}")
+                await self._not_delivered(
+                    room_id, event_id, "The bridge's admin no longer allows you to use this bridge."
+                )
             return None
         login = await core.logins.get(sender)
         if login is None or login.state is not LoginState.ENLISTED:
             if event_id is not None:
                 text = f"You are not logged in to {core.network}; send `login` to the bridge bot."
-                self._refuse(room_id, event_id, "m.no_permission", text)
-                await core.matrix.send_notice(room_id, f"⚠️ Not delivered: {text}", txn_id=f"dma-refused-{event_id}")
+                await self._not_delivered(room_id, event_id, text)
             return None
         if event_id is not None and not core.limits.messages.allow(sender):
             window = core.limits.messages
@@ -181,14 +180,21 @@ class MatrixFlow:
                 f"You are sending faster than this bridge allows ({window.limit} a minute), so this was not "
                 f"delivered; wait {window.retry_in(sender):.0f} s."
             )
-            self._refuse(room_id, event_id, "m.no_permission", text)
-            if core.limits.tell_once(sender, window):  # one notice for a flood, a status for each
-                await core.matrix.send_notice(room_id, f"⚠️ Not delivered: {text}", txn_id=f"dma-refused-{event_id}")
+            # One notice for a flood, a status for each message.
+            await self._not_delivered(room_id, event_id, text, notice=core.limits.tell_once(sender, window))
             return None
         return portal, login
 
     def _refuse(self, room_id: str, event_id: str, reason: str, text: str) -> None:
         self.core.statuses.send(room_id, event_id, StatusReport(SendStatus.FAIL_PERMANENT, reason, text))
+
+    async def _not_delivered(
+        self, room_id: str, event_id: str, text: str, *, reason: str = "m.no_permission", notice: bool = True
+    ) -> None:
+        """A failed status on the event and, unless told not to, a notice in the room."""
+        self._refuse(room_id, event_id, reason, text)
+        if notice:
+            await self.core.matrix.send_notice(room_id, f"⚠️ Not delivered: {text}", txn_id=f"dma-refused-{event_id}")
 
     async def message(
         self, room_id: str, event_id: str, sender: str, content: dict[str, Any], stored: Stored = _nothing
@@ -214,8 +220,7 @@ class MatrixFlow:
         try:
             outgoing = convert.matrix_message(content, reply_to=reply_to, edit_of=edit_of)
         except convert.Unsupported as exc:
-            self._refuse(room_id, event_id, exc.reason, exc.text)
-            await core.matrix.send_notice(room_id, f"⚠️ Not delivered: {exc.text}", txn_id=f"dma-refused-{event_id}")
+            await self._not_delivered(room_id, event_id, exc.text, reason=exc.reason)
             await stored()
             return None
         return await self._queue(login, portal, event_id, outgoing, remember=edit_of is None, stored=stored)
