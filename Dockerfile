@@ -3,6 +3,8 @@
 FROM python:3.12-slim-bookworm
 
 ENV PYTHONDONTWRITEBYTECODE=1 PYTHONUNBUFFERED=1
+# ffmpeg: voice notes become ogg/opus, videos get thumbnails.
+RUN apt-get update && apt-get install -y --no-install-recommends ffmpeg && rm -rf /var/lib/apt/lists/*
 WORKDIR /opt/matrix-dma-bridge
 COPY pyproject.toml README.md ./
 COPY bridge ./bridge

@@ -75,6 +75,7 @@ from bridge.db.stores import Stores
 from bridge.db.upgrade import upgrade
 from bridge.gatekeeper.connections import ConnectionManager, ConnectionPolicy
 from bridge.gatekeeper.enlistment import create_login, enlist
+from bridge.gatekeeper.media_store import PartnerMediaStore
 from bridge.gatekeeper.side import GatekeeperSide
 from bridge.gatekeeper.state import ConnectionState
 from bridge.gatekeeper.tokens import TokenIssuer
@@ -371,7 +372,10 @@ async def pipeline_cpu(count: int, window: int, uri: str, workdir: Path, encrypt
         manager = ConnectionManager(
             stores=stores, tokens=tokens, base_url=base, sink=core, policy=ConnectionPolicy(keepalive=0)
         )
-        core.gatekeeper = GatekeeperSide(manager, stores, tokens=tokens, base_url=base, http=http)
+        media = PartnerMediaStore(workdir / "media", stores.partner_media)
+        core.gatekeeper = GatekeeperSide(
+            manager, stores, tokens=tokens, base_url=base, http=http, media=media, integrator_id=INTEGRATOR
+        )
         await core.start()
         edge = MatrixEdge(core, stores, encryption)
         await edge.start()

@@ -22,6 +22,7 @@ from bridge.db.sealed import Sealer, SealError
 from bridge.db.stores import Stores
 from bridge.db.upgrade import upgrade
 from bridge.gatekeeper.connections import ConnectionManager
+from bridge.gatekeeper.media_store import PartnerMediaStore
 from bridge.gatekeeper.partner_server import PartnerServer
 from bridge.gatekeeper.side import GatekeeperSide
 from bridge.gatekeeper.tokens import TokenIssuer
@@ -43,6 +44,7 @@ class BridgeApp:
         self.matrix: MatrixConnector | None = None
         self.core: BridgeCore | None = None
         self.connections: ConnectionManager | None = None
+        self.media: PartnerMediaStore | None = None
         self.jobs = BackgroundTasks()
 
     async def start(self) -> None:
@@ -70,12 +72,16 @@ class BridgeApp:
             if self.connections is not None:
                 await self.connections.on_push(uvid)
 
+        try:
+            self.media = media = PartnerMediaStore(config.media.directory, stores.partner_media)
+        except OSError as exc:
+            raise StartupError(f"bridge.media.directory: cannot use {config.media.directory}: {exc}") from exc
         partner = PartnerServer(
             signing_key=signing_key,
             gatekeeper_jwks=JwksFetcher(fetch_gatekeeper_jwks),
             gatekeeper_name=config.gatekeeper_name,
             integrator_id=config.integrator_id,
-            media=stores.media,
+            media=media,
             on_push=on_push,
         )
         self.matrix = MatrixConnector(config, partner.routes(), stores)
@@ -91,7 +97,13 @@ class BridgeApp:
             allowed=lambda mxid: config.permission(mxid) is not PermissionLevel.NONE,
         )
         core.gatekeeper = GatekeeperSide(
-            self.connections, stores, tokens=tokens, base_url=config.gatekeeper_url, http=http
+            self.connections,
+            stores,
+            tokens=tokens,
+            base_url=config.gatekeeper_url,
+            http=http,
+            media=media,
+            integrator_id=config.integrator_id,
         )
         await self.matrix.start()
         await core.start()
@@ -113,6 +125,8 @@ class BridgeApp:
         now = int(time.time() * 1000)
         await prune_retry_counts(self.db, now - self.config.retention.days * 86_400_000)
         await prune_seen(self.db, now - 7 * 86_400_000)
+        if self.media is not None:
+            await self.media.collect(self.config.media.keep_days)
 
     async def stop(self) -> None:
         self.jobs.cancel()

@@ -136,6 +136,15 @@ class ConnectionsConfig:
 
 
 @dataclass(frozen=True)
+class MediaConfig:
+    """``bridge.media``: files across the boundary."""
+
+    directory: Path = Path("media")
+    temp_directory: Path | None = None
+    keep_days: int = 30
+
+
+@dataclass(frozen=True)
 class BridgeConfig:
     homeserver_address: str
     homeserver_domain: str
@@ -168,6 +177,7 @@ class BridgeConfig:
     delivery: DeliveryConfig = DeliveryConfig()
     limits: LimitsConfig = LimitsConfig()
     connections: ConnectionsConfig = ConnectionsConfig()
+    media: MediaConfig = MediaConfig()
 
     @property
     def bot_mxid(self) -> str:
@@ -321,6 +331,7 @@ def parse_config(data: Any, *, require_tokens: bool = True) -> BridgeConfig:
             max_attempts=_positive(data, "bridge.delivery.max_attempts"),
             backoff_cap_seconds=float(_positive(data, "bridge.delivery.backoff_cap_seconds")),
         ),
+        media=_media(data),
         connections=ConnectionsConfig(
             max=_positive(data, "gatekeeper.connections.max"),
             concurrent_connects=_positive(data, "gatekeeper.connections.concurrent_connects"),
@@ -360,6 +371,17 @@ def _positive(data: Any, path: str) -> int:
     if value < 1:
         raise ConfigError(f"{path}: must be at least 1")
     return value
+
+
+def _media(data: Any) -> MediaConfig:
+    directory = _get(data, "bridge.media.directory", str).strip()
+    if not directory:
+        raise ConfigError("bridge.media.directory: must name a directory")
+    temp = _get(data, "bridge.media.temp_directory", str).strip()
+    keep_days = _positive(data, "bridge.media.keep_days")
+    if keep_days > 30:
+        raise ConfigError("bridge.media.keep_days: the gatekeeper keeps media 30 days at most; use 30 or less")
+    return MediaConfig(Path(directory), Path(temp) if temp else None, keep_days)
 
 
 def _encryption(data: Any) -> EncryptionConfig:

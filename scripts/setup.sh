@@ -52,6 +52,17 @@ if ! command -v node >/dev/null 2>&1 || ! command -v npm >/dev/null 2>&1; then
     fi
 fi
 
+# ffmpeg (Debian's) turns voice notes into ogg/opus and makes video thumbnails; the bridge
+# runs without it but then cannot send voice notes recorded in other formats.
+if ! command -v ffmpeg >/dev/null 2>&1 || ! command -v ffprobe >/dev/null 2>&1; then
+    if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+        apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq ffmpeg >/dev/null
+    else
+        echo "setup: ffmpeg is required (voice notes, video thumbnails): install Debian's ffmpeg" >&2
+        exit 1
+    fi
+fi
+
 # Postgres for the tests: the server on 127.0.0.1:5432 when one runs; otherwise the test
 # set-up starts a throwaway cluster from Debian's postgresql package, installed here.
 if ! (exec 3<>/dev/tcp/127.0.0.1/5432) 2>/dev/null && ! ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1; then

@@ -44,6 +44,7 @@ from .gatekeeper_api import GatekeeperAPI
 from .inbound import InboxWork, ReceiptWork
 from .limits import UserLimits
 from .matrix_api import BridgeInfo, MatrixAPI
+from .media import MediaFlow
 from .outbound import MatrixFlow, OutboxWork
 from .portal_loop import LoopKey, LoopPolicy, PortalLoops, Transient, Work
 from .statuses import StatusSender
@@ -134,6 +135,7 @@ class BridgeCore:
         self._tasks = BackgroundTasks()
         self.statuses = StatusSender(matrix, self._tasks)
         self.flow = MatrixFlow(self)
+        self.media = MediaFlow(self, config.media.temp_directory)
         self.limits = UserLimits(config.limits)
         self.states: dict[str, StateChange] = {}
         self._told_trouble: set[str] = set()

@@ -39,6 +39,11 @@ class Refused(Exception):
         self.text = text
 
 
+class Final(Refused):
+    """Refused, and no retry can change that (a file over a limit, a tampered blob): the
+    item fails at once, with its status and notice, without using up its tries."""
+
+
 # GIP codes that say "not now" rather than "not this".
 _GIP_TRANSIENT = {
     GipErrorCode.CLOSED,

@@ -8,10 +8,11 @@ are ``GipError``s, whose codes the core turns into statuses and notices.
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
+from pathlib import Path
 from typing import Protocol
 
 from bridge.db.logins import Login
-from bridge.gip.content import Content
+from bridge.gip.content import Content, Media
 from bridge.signal import PublicKey
 
 # Called inside the transaction that stores the advanced Signal sessions.
@@ -42,6 +43,26 @@ class GatekeeperAPI(Protocol):
         Raises:
             GipError: FORBIDDEN, RATE_LIMITED (``retry_after``, also for every later send of
                 the same user until it passed), CLOSED/TIMEOUT.
+        """
+        ...
+
+    async def upload_media(self, mxid: str, kind: str, source: Path) -> Media:
+        """Encrypt a file under a fresh media key into the Partner media store, where the
+        gatekeeper fetches it; returns the Media fields that say where and how (the
+        direct path, key, hashes and length). ``kind``: image, video, audio, document.
+
+        Raises:
+            GipError: TOO_LARGE over the profile's limit for ``kind``.
+        """
+        ...
+
+    async def download_media(self, mxid: str, kind: str, media: Media, destination: Path) -> int:
+        """Fetch a peer's file from the gatekeeper and decrypt it into ``destination``,
+        which appears only once the blob's hash, its MAC and the plaintext's hash passed.
+
+        Raises:
+            GipError: MEDIA_HASH / MEDIA_MAC (damaged or tampered), NOT_FOUND (expired or
+                never there), TOO_LARGE, UNAVAILABLE (the download failed; try again).
         """
         ...
 

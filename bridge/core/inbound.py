@@ -128,6 +128,9 @@ class InboxWork(Work):
                 await core.matrix.redact(room, puppet.mxid, target.event_id, txn_id=txn_id(item))
             return None
         content = dict(incoming.content)
+        if incoming.media is not None:
+            kind, media = incoming.media
+            content = await core.media.incoming(login.mxid, room, kind, media)
         if incoming.kind == "edit":
             if target is None or target.from_me:
                 return None
@@ -140,7 +143,7 @@ class InboxWork(Work):
         elif target is not None:
             content["m.relates_to"] = {"m.in_reply_to": {"event_id": target.event_id}}
         event_id = await core.matrix.send_message(room, puppet.mxid, content, txn_id=txn_id(item), timestamp_ms=ts)
-        if incoming.kind == "message":
+        if incoming.kind in ("message", "media"):
             await core.messages.put_later(MessageRef(login.mxid, portal.peer, item.gk_id, False, room, event_id, ts))
         return event_id
 

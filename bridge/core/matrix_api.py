@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from enum import Enum
+from pathlib import Path
 from typing import Any, Protocol
 
 
@@ -77,6 +78,30 @@ class MatrixAPI(Protocol):
         self, room_id: str, event_id: str, report: StatusReport, *, txn_id: str | None = None
     ) -> None:
         """The message send status of a Matrix event the bridge handled."""
+        ...
+
+    async def download_media(self, url: str, file: dict[str, Any] | None, destination: Path, *, max_bytes: int) -> int:
+        """Fetch ``url`` (an mxc URI) into ``destination``, streaming; with ``file`` (an
+        EncryptedFile) it is decrypted on the way and appears only if its hash matched.
+        Returns the size written.
+
+        Raises:
+            errors.Final: the file is gone, over ``max_bytes``, or fails its hash.
+            errors.Unavailable: the homeserver cannot serve it now.
+        """
+        ...
+
+    async def upload_media(self, room_id: str, path: Path, *, mimetype: str, filename: str | None) -> dict[str, Any]:
+        """Upload a file for ``room_id``, streaming: ``{"url": mxc}``, or in an encrypted
+        room ``{"file": EncryptedFile}`` (encrypted on the way).
+
+        Raises:
+            errors.Final: the homeserver will not take a file this large.
+        """
+        ...
+
+    async def media_upload_limit(self) -> int | None:
+        """The homeserver's ``m.upload.size``, if it says one."""
         ...
 
     async def enable_encryption(self, room_id: str) -> None:

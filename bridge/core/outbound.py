@@ -20,7 +20,7 @@ from bridge.db.portals import MessageRef, Portal
 from bridge.db.queues import OutboxItem
 from bridge.gip.content import Content
 from bridge.gip.errors import GipError, GipErrorCode
-from bridge.msgconv import convert
+from bridge.msgconv import convert, media
 
 from .errors import Unavailable, retry_after
 from .matrix_api import SendStatus, StatusReport
@@ -218,7 +218,10 @@ class MatrixFlow:
             ref = await core.messages.by_event(room_id, relates["m.in_reply_to"].get("event_id", ""))
             reply_to = ref.gk_id if ref else None
         try:
-            outgoing = convert.matrix_message(content, reply_to=reply_to, edit_of=edit_of)
+            if edit_of is None and media.is_media(content):
+                outgoing = await core.media.outgoing(sender, content, reply_to=reply_to)
+            else:
+                outgoing = convert.matrix_message(content, reply_to=reply_to, edit_of=edit_of)
         except convert.Unsupported as exc:
             await self._not_delivered(room_id, event_id, exc.text, reason=exc.reason)
             await stored()

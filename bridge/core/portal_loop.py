@@ -23,7 +23,7 @@ from collections import deque
 from collections.abc import Awaitable, Callable, Hashable
 from dataclasses import dataclass, field
 
-from .errors import is_transient, retry_after
+from .errors import Final, is_transient, retry_after
 
 log = logging.getLogger(__name__)
 LoopKey = Hashable
@@ -220,7 +220,7 @@ class PortalLoops:
                 backoff = min(backoff * 2, policy.backoff_cap)
             else:
                 attempts = await self._count(work, error)
-                if attempts >= policy.max_attempts:
+                if attempts >= policy.max_attempts or isinstance(error, Final):
                     log.warning("%s in %s failed for good after %d attempts: %s", work.name, loop.key, attempts, error)
                     await self._give_up(loop, work, error)
                     return

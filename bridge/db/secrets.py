@@ -1,8 +1,7 @@
-"""Bridge-wide secrets (sealed) and Partner media blobs."""
+"""Bridge-wide secrets, sealed: the Partner's JWT signing key."""
 
 from __future__ import annotations
 
-import secrets
 import time
 
 from bridge.gip.tokens import SigningKey
@@ -34,32 +33,3 @@ class SecretStore:
                 int(time.time() * 1000),
             )
             return key
-
-
-class MediaStore:
-    """Encrypted media blobs our users send, for the gatekeeper to fetch (GIP §7).
-
-    The blobs are already end-to-end encrypted (media keys travel inside Signal messages),
-    so they are stored as they are.
-    """
-
-    def __init__(self, db: Database) -> None:
-        self._db = db
-
-    async def put(self, owner: str, blob: bytes) -> str:
-        ref = secrets.token_urlsafe(24)
-        await self._db.execute(
-            "INSERT INTO partner_media (ref, owner, blob, created_at) VALUES ($1, $2, $3, $4)",
-            ref,
-            owner,
-            blob,
-            int(time.time() * 1000),
-        )
-        return ref
-
-    async def get(self, ref: str) -> bytes | None:
-        value = await self._db.fetchval("SELECT blob FROM partner_media WHERE ref = $1", ref)
-        return bytes(value) if value is not None else None
-
-    async def expire(self, before_ms: int) -> int:
-        return await self._db.execute("DELETE FROM partner_media WHERE created_at < $1", before_ms)

@@ -13,10 +13,11 @@ from .kv import KeyValueStore
 from .later import LaterWrites
 from .logins import LoginStore
 from .matrix_events import MatrixEventStore
+from .media import PartnerMediaRows
 from .portals import MessageStore, PortalStore, PuppetStore
 from .queues import Inbox, Outbox
 from .sealed import Sealer
-from .secrets import MediaStore, SecretStore
+from .secrets import SecretStore
 from .undecrypted import UndecryptedStore
 
 
@@ -33,7 +34,7 @@ class Stores:
     matrix_events: MatrixEventStore
     undecrypted: UndecryptedStore
     kv: KeyValueStore
-    media: MediaStore
+    partner_media: PartnerMediaRows
     secrets: SecretStore
     later: LaterWrites
 
@@ -52,7 +53,7 @@ class Stores:
             matrix_events=MatrixEventStore(db, sealer),
             undecrypted=UndecryptedStore(db),
             kv=KeyValueStore(db),
-            media=MediaStore(db),
+            partner_media=PartnerMediaRows(db),
             secrets=SecretStore(db, sealer),
             later=later,
         )

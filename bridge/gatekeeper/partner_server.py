@@ -13,7 +13,6 @@ from collections.abc import Awaitable, Callable
 
 from aiohttp import web
 
-from bridge.db.secrets import MediaStore
 from bridge.gip.errors import GipError
 from bridge.gip.tokens import (
     GATEKEEPER_TOKEN_MAX_TTL,
@@ -22,6 +21,8 @@ from bridge.gip.tokens import (
     SigningKey,
     jwks_document,
 )
+
+from .media_store import PartnerMediaStore
 
 log = logging.getLogger(__name__)
 JWKS_PATH = "/.well-known/oauth/openid/jwks"
@@ -38,7 +39,7 @@ class PartnerServer:
         gatekeeper_jwks: JwksFetcher,
         gatekeeper_name: str,
         integrator_id: str,
-        media: MediaStore,
+        media: PartnerMediaStore,
         on_push: PushHandler,
         clock: Callable[[], float] = time.time,
     ) -> None:
@@ -97,10 +98,11 @@ class PartnerServer:
         await self._on_push(uvid)
         return web.Response(status=200)
 
-    async def _media_blob(self, request: web.Request) -> web.Response:
+    async def _media_blob(self, request: web.Request) -> web.StreamResponse:
         if (refusal := await self._refusal(request)) is not None:
             return refusal
-        blob = await self._media.get(request.match_info["ref"])
-        if blob is None:
-            return web.Response(status=404)
-        return web.Response(body=blob, content_type="application/octet-stream")
+        path = await self._media.blob(request.match_info["ref"])
+        if path is None:
+            return web.Response(status=404)  # never stored, or expired and collected
+        # Streamed from the file (sendfile where the platform has it), never read whole.
+        return web.FileResponse(path, headers={"Content-Type": "application/octet-stream"})

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
+from pathlib import Path
 
 import aiohttp
 
@@ -18,14 +19,17 @@ from bridge.db.logins import Login
 from bridge.db.stores import Stores
 from bridge.gip import stanzas as st
 from bridge.gip.client import GipClient
-from bridge.gip.content import Content
+from bridge.gip.content import Content, Media
 from bridge.gip.errors import GipError, GipErrorCode
 from bridge.gip.jid import Jid
+from bridge.gip.media import MediaType
 from bridge.gip.outgoing import PreparedMessage
 from bridge.signal import ProtocolAddress, PublicKey
 
 from .connections import ConnectionManager
 from .enlistment import enlist
+from .media_download import download
+from .media_store import PartnerMediaStore
 from .tokens import TokenIssuer
 
 
@@ -38,9 +42,13 @@ class GatekeeperSide:
         tokens: TokenIssuer,
         base_url: str,
         http: aiohttp.ClientSession,
+        media: PartnerMediaStore,
+        integrator_id: str,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.manager = manager
+        self.media = media
+        self._integrator = integrator_id
         self._stores = stores
         self._tokens = tokens
         self._base_url = base_url
@@ -92,6 +100,20 @@ class GatekeeperSide:
                 wait = float(exc.retry_after or 5)
                 self._paused_until[mxid] = self._clock() + wait
             raise
+
+    async def upload_media(self, mxid: str, kind: str, source: Path) -> Media:
+        ref, info = await self.media.encrypt_into(mxid, MediaType.of_kind(kind), source)
+        return Media(
+            # The path a native client asks the gatekeeper for; it fetches GET /media/{ref} from us.
+            direct_path=f"/interop/download/{self._integrator}/{ref}/",
+            media_key=info.media_key,
+            file_sha256=info.file_sha256,
+            file_enc_sha256=info.file_enc_sha256,
+            file_length=info.file_length,
+        )
+
+    async def download_media(self, mxid: str, kind: str, media: Media, destination: Path) -> int:
+        return await download(self._http, self._base_url, kind, media, destination)
 
     async def send_read(self, mxid: str, peer: str, message_ids: list[str]) -> None:
         await self._client(mxid).send_read(Jid.parse(peer), message_ids)

@@ -11,6 +11,7 @@ file in memory.
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import hmac
 import os
@@ -33,6 +34,9 @@ MAX_FILE_BYTES = 100 * 1024 * 1024
 MAX_IMAGE_BYTES = 16 * 1024 * 1024
 
 
+CHUNK = 1 << 20  # what streams move at a time: 1 MiB
+
+
 class MediaType(Enum):
     IMAGE = b"WhatsApp Image Keys"
     VIDEO = b"WhatsApp Video Keys"
@@ -42,6 +46,22 @@ class MediaType(Enum):
     @property
     def max_bytes(self) -> int:
         return MAX_IMAGE_BYTES if self is MediaType.IMAGE else MAX_FILE_BYTES
+
+    @classmethod
+    def of_kind(cls, kind: str) -> MediaType:
+        """The key type of a Content media field: image, video, audio or document."""
+        try:
+            return _KINDS[kind]
+        except KeyError:
+            raise GipError(GipErrorCode.BAD_REQUEST, f"not a media kind: {kind}") from None
+
+
+_KINDS = {
+    "image": MediaType.IMAGE,
+    "video": MediaType.VIDEO,
+    "audio": MediaType.AUDIO,
+    "document": MediaType.DOCUMENT,
+}
 
 
 @dataclass(frozen=True, slots=True)
@@ -219,15 +239,23 @@ async def decrypt_to_file(
     decryptor = MediaDecryptor(media_type, media_key, file_enc_sha256, file_sha256)
     partial = destination.with_name(destination.name + ".partial")
     length = 0
+
+    def step(out: BinaryIO, chunk: bytes) -> int:
+        data = decryptor.update(chunk)
+        out.write(data)
+        return len(data)
+
+    def last(out: BinaryIO) -> int:
+        tail = decryptor.finalize()
+        out.write(tail)
+        return len(tail)
+
     try:
         with partial.open("wb") as out:
+            # The crypto and the disk run in a worker thread while the next chunk arrives.
             async for chunk in chunks:
-                data = decryptor.update(chunk)
-                length += len(data)
-                out.write(data)
-            tail = decryptor.finalize()
-            length += len(tail)
-            out.write(tail)
+                length += await asyncio.to_thread(step, out, chunk)
+            length += await asyncio.to_thread(last, out)
         partial.replace(destination)
     except BaseException:
         partial.unlink(missing_ok=True)
@@ -235,7 +263,7 @@ async def decrypt_to_file(
     return length
 
 
-def file_chunks(path: Path, size: int = 1 << 16) -> Iterable[bytes]:
+def file_chunks(path: Path, size: int = CHUNK) -> Iterable[bytes]:
     with path.open("rb") as source:
         while chunk := source.read(size):
             yield chunk

@@ -23,6 +23,7 @@ import hmac
 import logging
 import re
 from collections.abc import Awaitable, Callable
+from pathlib import Path as FilePath
 from typing import Any
 
 import aiohttp
@@ -63,6 +64,7 @@ from .crypto_intake import BotSync, CryptoIntake
 from .e2ee import Encryption, EncryptionSetupError
 from .encrypted_events import EncryptedEvents
 from .intake import MatrixIntake
+from .media import HomeserverMedia
 from .room_events import LateEventWork, MatrixEventWork, parse_event, plain_message, read_receipts
 from .stores import BridgeStateStore, MautrixDatabases
 
@@ -149,6 +151,20 @@ class MatrixConnector:
         self._dispatch: asyncio.Queue[tuple[StoredEvent, bool]] = asyncio.Queue()
         self._dispatcher: asyncio.Task[None] | None = None
         self._jobs = BackgroundTasks()
+        self._media: HomeserverMedia | None = None
+
+    @property
+    def media(self) -> HomeserverMedia:
+        """Files on the homeserver (set up at start, once the appservice's session exists)."""
+        if self._media is None:
+            self._media = HomeserverMedia(
+                self.az.intent.api.session,
+                self.config.homeserver_address,
+                self.config.as_token,
+                self.bot_mxid,
+                self.is_encrypted,
+            )
+        return self._media
 
     @property
     def encrypted(self) -> EncryptedEvents:
@@ -402,6 +418,12 @@ class MatrixConnector:
             evt = decrypted
         if isinstance(evt, MessageEvent) and evt.type == EventType.ROOM_MESSAGE:
             return await self._message(evt, stored)
+        if isinstance(evt, MessageEvent) and evt.type == EventType.STICKER:
+            if await core.portals.by_room(evt.room_id) is None:
+                return None
+            # WhatsApp's stickers are its own format; a Matrix sticker goes as an image.
+            content = {**evt.content.serialize(), "msgtype": "m.sticker"}
+            return await core.flow.message(evt.room_id, evt.event_id, evt.sender, content, stored)
         if isinstance(evt, ReactionEvent):
             relates = evt.content.relates_to
             return await core.flow.reaction(
@@ -624,6 +646,19 @@ class MatrixConnector:
         if report.delivered_to:
             content["delivered_to_users"] = list(report.delivered_to)
         await self._send(room_id, self.bot_mxid, STATUS_EVENT, content, txn_id=txn_id)
+
+    async def download_media(
+        self, url: str, file: dict[str, Any] | None, destination: FilePath, *, max_bytes: int
+    ) -> int:
+        return await self.media.download(url, file, destination, max_bytes=max_bytes)
+
+    async def upload_media(
+        self, room_id: str, path: FilePath, *, mimetype: str, filename: str | None
+    ) -> dict[str, Any]:
+        return await self.media.upload(room_id, path, mimetype=mimetype, filename=filename)
+
+    async def media_upload_limit(self) -> int | None:
+        return await self.media.upload_limit()
 
     async def leave_portal(self, room_id: str, puppet: str, receiver: str) -> None:
         bot = self.az.intent

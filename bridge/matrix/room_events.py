@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any
 
 from mautrix.types import Event, EventType, ReceiptType
 
+from bridge.core.errors import Refused
 from bridge.core.matrix_api import SendStatus, StatusReport
 from bridge.core.portal_loop import Work
 from bridge.db.matrix_events import StoredEvent
@@ -115,12 +116,18 @@ class MatrixEventWork(Work):
         await self.connector.stores.matrix_events.mark_failed(self.stored.id, type(error).__name__)
         stored = self.stored
         if stored.kind == "event" and stored.room_id and stored.event_id and "state_key" not in stored.body:
+            # A refusal says what was refused (a file the homeserver no longer has, say).
+            text = f"{error.text[:1].upper()}{error.text[1:]}." if isinstance(error, Refused) else FAILED
             await self.connector.send_status(
                 stored.room_id,
                 stored.event_id,
-                StatusReport(SendStatus.FAIL_PERMANENT, "m.event_not_handled", FAILED),
+                StatusReport(SendStatus.FAIL_PERMANENT, "m.event_not_handled", text),
                 txn_id=f"dma-failed-{stored.event_id}",
             )
+            if isinstance(error, Refused):
+                await self.connector.send_notice(
+                    stored.room_id, f"⚠️ Not delivered: {text}", txn_id=f"dma-failed-notice-{stored.event_id}"
+                )
 
 
 class LateEventWork(Work):

@@ -12,18 +12,13 @@ import re
 from dataclasses import dataclass, field
 from typing import Any
 
-from bridge.gip.content import Content, ContextInfo, Edit, ExtendedText, MessageKey, Reaction, Revoke
+from bridge.gip.content import Content, ContextInfo, Edit, ExtendedText, Media, MessageKey, Reaction, Revoke
 
 from .formatting import html_to_markup, markup_to_html
 
 MAX_TEXT = 65536
 _REPLY_FALLBACK = re.compile(r"^(> .*\n)+\n", re.MULTILINE)
-MEDIA_NAMES = {
-    "image": "a photo",
-    "video": "a video",
-    "audio": "a voice or audio message",
-    "document": "a file",
-}
+MEDIA_KINDS = ("image", "video", "audio", "document")
 
 
 class Unsupported(Exception):
@@ -73,8 +68,6 @@ def matrix_message(content: dict[str, Any], *, reply_to: str | None, edit_of: st
             raise Unsupported("m.event_not_handled", "The edit has no new content.")
         text = _text_of(new)
         return Outgoing(Content(edit=Edit(key=MessageKey(id=edit_of, from_me=True), text=text)), "text")
-    if msgtype in ("m.image", "m.video", "m.audio", "m.file"):
-        raise Unsupported("com.beeper.unsupported_event", "Sending files to the gatekeeper is not supported yet.")
     if msgtype not in ("m.text", "m.notice", "m.emote"):
         raise Unsupported(
             "com.beeper.unsupported_event", f"The gatekeeper cannot carry {msgtype or 'this kind of'} messages."
@@ -106,11 +99,12 @@ def matrix_redaction(target: str) -> Outgoing:
 class Incoming:
     """What to do in Matrix for one gatekeeper message."""
 
-    kind: str  # message, edit, reaction, revoke
+    kind: str  # message, media, edit, reaction, revoke
     content: dict[str, Any] = field(default_factory=dict)
     target: str | None = None  # gatekeeper id of the message replied to, edited, reacted to or revoked
     target_from_me: bool = False  # the target is ours (the Matrix user's) from the peer's point of view
     emoji: str = ""
+    media: tuple[str, Media] | None = field(default=None, repr=False)  # (image|video|audio|document, Media)
 
 
 def _text_content(text: str, msgtype: str = "m.text") -> dict[str, Any]:
@@ -137,15 +131,8 @@ def gip_content(content: Content) -> Incoming:
         return Incoming("revoke", target=content.revoke.key.id)
     if body == "edit":
         return Incoming("edit", _text_content(content.edit.text), target=content.edit.key.id)
-    if body in MEDIA_NAMES:
+    if body in MEDIA_KINDS:
         media = getattr(content, body)
-        caption = f" with the caption “{media.caption}”" if media.caption else ""
-        return Incoming(
-            "message",
-            {
-                "msgtype": "m.notice",
-                "body": f"Sent {MEDIA_NAMES[body]}{caption}, which this bridge cannot show yet.",
-            },
-            target=media.context_info.stanza_id or None,
-        )
+        # The file is fetched and uploaded by the core; the content is built from it then.
+        return Incoming("media", target=media.context_info.stanza_id or None, media=(body, media))
     return Incoming("message", {"msgtype": "m.notice", "body": "Sent a message this bridge cannot show."})

@@ -9,7 +9,9 @@ from __future__ import annotations
 import base64
 import binascii
 import hmac
+import tempfile
 from collections.abc import Awaitable, Callable
+from pathlib import Path
 from typing import Any
 
 from aiohttp import web
@@ -27,7 +29,7 @@ from bridge.gip.content import (
 )
 from bridge.gip.errors import GipError, GipErrorCode
 from bridge.gip.jid import Jid
-from bridge.gip.media import MediaEncryptor, MediaType
+from bridge.gip.media import MediaType
 
 from .gatekeeper import MEDIA_KIND, Gatekeeper
 
@@ -94,38 +96,61 @@ async def _content(gk: Gatekeeper, native_iid: str, data: dict[str, Any]) -> tup
             edit=Edit(key=_key(edit, from_me=True), text=str(edit.get("text", "")), timestamp_ms=gk.clock.now_ms())
         ), "text"
     if "media" in data:
-        media = data["media"]
-        kind = media.get("kind")
-        if kind not in MEDIA_KIND:
-            raise GipError(GipErrorCode.BAD_REQUEST, "media.kind must be image, video, audio or document")
-        try:
-            plaintext = base64.b64decode(media.get("data", ""), validate=True)
-        except (binascii.Error, ValueError):
-            raise GipError(GipErrorCode.BAD_REQUEST, "media.data must be base64") from None
-        media_type: MediaType = MEDIA_KIND[kind]
-        encryptor = MediaEncryptor(media_type)
-        blob = encryptor.update(plaintext) + encryptor.finalize()
-        info = encryptor.result
-        assert info is not None
-        path = await gk.store_native_media(native_iid, blob)
-        body = Media(
-            direct_path=path,
-            media_key=info.media_key,
-            file_sha256=info.file_sha256,
-            file_enc_sha256=info.file_enc_sha256,
-            file_length=info.file_length,
-            mimetype=str(media.get("mimetype", "application/octet-stream")),
-            caption=str(media.get("caption", "")),
-            file_name=str(media.get("file_name", "")),
-            width=int(media.get("width", 0)),
-            height=int(media.get("height", 0)),
-            seconds=int(media.get("seconds", 0)),
-            ptt=bool(media.get("ptt", False)),
-        )
-        content = Content()
-        getattr(content, kind).CopyFrom(body)
-        return content, "media"
+        return await _media_content(gk, native_iid, data["media"]), "media"
     raise GipError(GipErrorCode.BAD_REQUEST, "say what to send: text, reply_to, reaction, revoke, edit or media")
+
+
+async def _media_content(gk: Gatekeeper, native_iid: str, media: dict[str, Any]) -> Content:
+    """A native's file: ``data`` (base64) or ``path`` (a file on the sandbox's machine, for
+    large ones), with what its client would say about it. ``tamper`` stores a blob with a
+    flipped byte, which the receiver must refuse."""
+    kind = media.get("kind")
+    if kind not in MEDIA_KIND:
+        raise GipError(GipErrorCode.BAD_REQUEST, "media.kind must be image, video, audio or document")
+    media_type: MediaType = MEDIA_KIND[kind]
+    with tempfile.TemporaryDirectory(prefix="sandbox-send-") as scratch:
+        if "path" in media:
+            source = Path(str(media["path"]))
+            if not source.is_file():
+                raise GipError(GipErrorCode.BAD_REQUEST, "media.path is not a file")
+        else:
+            try:
+                plaintext = base64.b64decode(media.get("data", ""), validate=True)
+            except (binascii.Error, ValueError):
+                raise GipError(GipErrorCode.BAD_REQUEST, "media.data must be base64") from None
+            source = Path(scratch) / "file"
+            source.write_bytes(plaintext)
+        if source.stat().st_size > media_type.max_bytes:
+            raise GipError(GipErrorCode.TOO_LARGE, "the file is over the profile's limit")
+        path, info = await gk.encrypt_native_media(native_iid, media_type, source, tamper=bool(media.get("tamper")))
+    try:
+        thumbnail = base64.b64decode(media.get("thumbnail", ""), validate=True)
+    except (binascii.Error, ValueError):
+        raise GipError(GipErrorCode.BAD_REQUEST, "media.thumbnail must be base64") from None
+    waveform = media.get("waveform", [])
+    if not isinstance(waveform, list) or not all(isinstance(v, int) and 0 <= v <= 100 for v in waveform):
+        raise GipError(GipErrorCode.BAD_REQUEST, "media.waveform must be a list of 0-100")
+    body = Media(
+        direct_path=path,
+        media_key=info.media_key,
+        file_sha256=info.file_sha256,
+        file_enc_sha256=info.file_enc_sha256,
+        file_length=info.file_length,
+        mimetype=str(media.get("mimetype", "application/octet-stream")),
+        caption=str(media.get("caption", "")),
+        file_name=str(media.get("file_name", "")),
+        width=int(media.get("width", 0)),
+        height=int(media.get("height", 0)),
+        seconds=int(media.get("seconds", 0)),
+        ptt=bool(media.get("ptt", False)),
+        jpeg_thumbnail=thumbnail,
+        waveform=bytes(waveform),
+    )
+    if "reply_to" in media:
+        body.context_info.CopyFrom(ContextInfo(stanza_id=str(media["reply_to"])))
+    content = Content()
+    getattr(content, kind).CopyFrom(body)
+    return content
 
 
 def routes(gk: Gatekeeper) -> list[web.RouteDef]:

@@ -26,7 +26,7 @@ from bridge.gip import stanzas as st
 from bridge.gip.content import Content, decode_content, encode_content
 from bridge.gip.errors import GipError, GipErrorCode
 from bridge.gip.jid import NATIVE_SERVER, PARTNER_SERVER, Jid
-from bridge.gip.media import MediaDecryptor, MediaType
+from bridge.gip.media import EncryptedMedia, MediaDecryptor, MediaType, encrypt_file, file_chunks
 from bridge.gip.noise import StaticKey
 from bridge.gip.stanza import Node, decode, encode
 from bridge.gip.tokens import (
@@ -639,19 +639,27 @@ class Gatekeeper:
         await self.deliver(str(partner.bare), "receipt:retry", message_id, native.iid, receipt.node(direction="from"))
 
     async def _native_fetch_media(self, native: User, device: Jid, message_id: str, kind: str, media: Any) -> None:
-        """A native downloads Partner media through the gatekeeper's proxy path."""
+        """A native downloads Partner media through the gatekeeper's proxy path, checks it
+        as a WhatsApp client does (hash, MAC, plaintext hash) and notes what it got; it
+        streams, so a 100 MiB video costs the sandbox a chunk at a time."""
         result: dict[str, Any] = {"event": "media", "id": message_id}
         try:
-            data = await self.proxy_partner_media(media.direct_path)
             decryptor = MediaDecryptor(MEDIA_KIND[kind], media.media_key, media.file_enc_sha256, media.file_sha256)
-            plaintext = decryptor.update(data) + decryptor.finalize()
-            result.update(ok=True, size=len(plaintext), sha256=hashlib.sha256(plaintext).hexdigest())
+            digest, size = hashlib.sha256(), 0
+            async for chunk in self.partner_media_chunks(media.direct_path):
+                data = decryptor.update(chunk)
+                digest.update(data)
+                size += len(data)
+            tail = decryptor.finalize()
+            digest.update(tail)
+            result.update(ok=True, size=size + len(tail), sha256=digest.hexdigest())
         except (GipError, aiohttp.ClientError) as exc:
             result.update(ok=False, error=str(exc))
         self._log_native(native.iid, str(device), result)
 
-    async def proxy_partner_media(self, direct_path: str) -> bytes:
-        """``GET /interop/download/{integrator}/{ref}/`` → ``GET {media_base}/{ref}``."""
+    async def partner_media_chunks(self, direct_path: str) -> AsyncIterator[bytes]:
+        """``GET /interop/download/{integrator}/{ref}/`` → ``GET {media_base}/{ref}``, with a
+        token the gatekeeper signs, streamed."""
         parts = [p for p in direct_path.split("/") if p]
         if len(parts) != 4 or parts[:2] != ["interop", "download"]:
             raise GipError(GipErrorCode.NOT_FOUND, "not a Partner media path")
@@ -666,7 +674,12 @@ class Gatekeeper:
         ) as response:
             if response.status != 200:
                 raise GipError(GipErrorCode.NOT_FOUND, f"Partner media answered {response.status}")
-            return await response.read()
+            async for chunk in response.content.iter_chunked(1 << 20):
+                yield chunk
+
+    async def proxy_partner_media(self, direct_path: str) -> bytes:
+        """A Partner blob whole (small files, tests)."""
+        return b"".join([chunk async for chunk in self.partner_media_chunks(direct_path)])
 
     # ------------------------------------------------------------------ receipts and acks from Partners
 
@@ -879,6 +892,31 @@ class Gatekeeper:
 
     def new_media_ref(self) -> str:
         return secrets.token_urlsafe(24)
+
+    async def encrypt_native_media(
+        self, owner: str, media_type: MediaType, source: Path, *, tamper: bool = False
+    ) -> tuple[str, EncryptedMedia]:
+        """A native's file, encrypted as its client would, streamed into the store. With
+        ``tamper`` one byte of the stored blob is flipped afterwards (a fault to inject)."""
+        ref = self.new_media_ref()
+        path = self.media_path(ref)
+        tmp = path.with_suffix(".partial")
+
+        def encrypt() -> EncryptedMedia:
+            with tmp.open("wb") as sink:
+                info = encrypt_file(media_type, file_chunks(source), sink)
+            if tamper:
+                with tmp.open("r+b") as blob:
+                    blob.seek(info.file_length // 2)
+                    byte = blob.read(1)
+                    blob.seek(info.file_length // 2)
+                    blob.write(bytes((byte[0] ^ 0x01,)))
+            return info
+
+        info = await asyncio.to_thread(encrypt)
+        os.replace(tmp, path)
+        self.store.add_media(ref, owner, str(path), path.stat().st_size, self.clock.now())
+        return f"/v/t{ref}", info
 
     async def store_native_media(self, owner: str, blob: bytes) -> str:
         ref = self.new_media_ref()

@@ -49,15 +49,23 @@ def make_app(gatekeeper: Gatekeeper) -> web.Application:
         blob = await request.read()
         return web.json_response({"direct_path": await gk.store_native_media(owner, blob)})
 
-    async def proxy_partner_media(request: web.Request) -> web.Response:
-        """``GET /interop/download/{integrator}/{ref}/``: what a native client fetches."""
+    async def proxy_partner_media(request: web.Request) -> web.StreamResponse:
+        """``GET /interop/download/{integrator}/{ref}/``: what a native client fetches,
+        streamed from the Partner."""
         if not authorized(gk, request):
             return web.Response(status=401)
+        chunks = gk.partner_media_chunks(request.path)
         try:
-            data = await gk.proxy_partner_media(request.path)
+            first = await anext(chunks, b"")
         except GipError:
             return web.Response(status=404)
-        return web.Response(body=data, content_type="application/octet-stream")
+        response = web.StreamResponse(headers={"Content-Type": "application/octet-stream"})
+        await response.prepare(request)
+        await response.write(first)
+        async for chunk in chunks:
+            await response.write(chunk)
+        await response.write_eof()
+        return response
 
     async def health(request: web.Request) -> web.Response:
         return web.json_response({"ok": True, "profile": gk.config.profile, "name": gk.config.name})

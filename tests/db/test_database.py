@@ -42,7 +42,7 @@ async def _tables(db: Database) -> set[str]:
 
 async def test_migrations_create_the_schema_and_are_idempotent(db: Database, db_uri: str) -> None:
     assert await _tables(db) >= TABLES
-    assert await db.fetchval("SELECT version_num FROM alembic_version") == "0004"
+    assert await db.fetchval("SELECT version_num FROM alembic_version") == "0005"
     await upgrade(db_uri)  # running again changes nothing
     await asyncio.to_thread(command.downgrade, alembic_config(db_uri), "base")
     assert not (TABLES & await _tables(db))

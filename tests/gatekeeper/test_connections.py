@@ -16,16 +16,17 @@ from bridge.config import ConnectionsConfig
 from bridge.db.database import create_database
 from bridge.db.logins import Login, LoginState
 from bridge.db.sealed import Sealer
-from bridge.db.secrets import MediaStore
 from bridge.db.signal_store import DbSignalStore
 from bridge.db.stores import Stores
 from bridge.db.upgrade import upgrade
 from bridge.gatekeeper.connections import ConnectionManager, ConnectionPolicy
 from bridge.gatekeeper.enlistment import create_login, enlist
+from bridge.gatekeeper.media_store import PartnerMediaStore
 from bridge.gatekeeper.partner_server import PartnerServer
 from bridge.gatekeeper.state import ConnectionState, StateChange
 from bridge.gatekeeper.tokens import TokenIssuer
 from bridge.gip.client import Event, MessageEvent
+from bridge.gip.media import MediaType
 from bridge.gip.tokens import JwksFetcher
 from tests.sandbox.harness import INTEGRATOR, Sandbox, free_port, start_sandbox, stop_sandbox
 
@@ -66,7 +67,7 @@ class Bridge:
     stores: Stores
     tokens: TokenIssuer
     http: aiohttp.ClientSession
-    media: MediaStore
+    media: PartnerMediaStore
 
     @property
     def db(self):
@@ -94,7 +95,7 @@ async def bridge(tmp_path) -> AsyncIterator[Bridge]:
     http = aiohttp.ClientSession()
     port = free_port()
     sink = RecordingSink()
-    media = stores.media
+    media = PartnerMediaStore(tmp_path / "partner-media", stores.partner_media)
     signing_key = await stores.secrets.signing_key()
     tokens = TokenIssuer(signing_key, integrator_id=INTEGRATOR, audience="WHATSAPP")
     holder: dict[str, ConnectionManager] = {}
@@ -238,12 +239,14 @@ async def test_push_and_media_refuse_requests_without_a_gatekeeper_token(bridge:
         f"{base}/push", json={"to": login.uvid}, headers={"Authorization": f"Bearer {forged}"}
     ) as response:
         assert response.status == 401
-    ref = await bridge.media.put(login.mxid, b"\x00encrypted blob")
+    plain = bridge.media.directory.parent / "plain"
+    plain.write_bytes(b"\x00a file")
+    ref, _ = await bridge.media.encrypt_into(login.mxid, MediaType.DOCUMENT, plain)
     async with bridge.http.get(f"{base}/media/{ref}") as response:
         assert response.status == 401
     # Through the gatekeeper's proxy path, with its token, the blob is served.
     blob = await bridge.sandbox.gatekeeper.proxy_partner_media(f"/interop/download/{INTEGRATOR}/{ref}/")
-    assert blob == b"\x00encrypted blob"
+    assert blob == (bridge.media.directory / ref).read_bytes()
     async with bridge.http.get(f"{base}/.well-known/oauth/openid/jwks") as response:
         keys = (await response.json())["keys"]
     assert keys[0]["alg"] == "RS256"

@@ -34,7 +34,7 @@ class ExtendedText(_message.Message):
     def __init__(self, text: _Optional[str] = ..., context_info: _Optional[_Union[ContextInfo, _Mapping]] = ...) -> None: ...
 
 class Media(_message.Message):
-    __slots__ = ("direct_path", "media_key", "file_sha256", "file_enc_sha256", "file_length", "mimetype", "caption", "width", "height", "seconds", "file_name", "jpeg_thumbnail", "ptt", "context_info")
+    __slots__ = ("direct_path", "media_key", "file_sha256", "file_enc_sha256", "file_length", "mimetype", "caption", "width", "height", "seconds", "file_name", "jpeg_thumbnail", "ptt", "context_info", "waveform")
     DIRECT_PATH_FIELD_NUMBER: _ClassVar[int]
     MEDIA_KEY_FIELD_NUMBER: _ClassVar[int]
     FILE_SHA256_FIELD_NUMBER: _ClassVar[int]
@@ -49,6 +49,7 @@ class Media(_message.Message):
     JPEG_THUMBNAIL_FIELD_NUMBER: _ClassVar[int]
     PTT_FIELD_NUMBER: _ClassVar[int]
     CONTEXT_INFO_FIELD_NUMBER: _ClassVar[int]
+    WAVEFORM_FIELD_NUMBER: _ClassVar[int]
     direct_path: str
     media_key: bytes
     file_sha256: bytes
@@ -63,7 +64,8 @@ class Media(_message.Message):
     jpeg_thumbnail: bytes
     ptt: bool
     context_info: ContextInfo
-    def __init__(self, direct_path: _Optional[str] = ..., media_key: _Optional[bytes] = ..., file_sha256: _Optional[bytes] = ..., file_enc_sha256: _Optional[bytes] = ..., file_length: _Optional[int] = ..., mimetype: _Optional[str] = ..., caption: _Optional[str] = ..., width: _Optional[int] = ..., height: _Optional[int] = ..., seconds: _Optional[int] = ..., file_name: _Optional[str] = ..., jpeg_thumbnail: _Optional[bytes] = ..., ptt: _Optional[bool] = ..., context_info: _Optional[_Union[ContextInfo, _Mapping]] = ...) -> None: ...
+    waveform: bytes
+    def __init__(self, direct_path: _Optional[str] = ..., media_key: _Optional[bytes] = ..., file_sha256: _Optional[bytes] = ..., file_enc_sha256: _Optional[bytes] = ..., file_length: _Optional[int] = ..., mimetype: _Optional[str] = ..., caption: _Optional[str] = ..., width: _Optional[int] = ..., height: _Optional[int] = ..., seconds: _Optional[int] = ..., file_name: _Optional[str] = ..., jpeg_thumbnail: _Optional[bytes] = ..., ptt: _Optional[bool] = ..., context_info: _Optional[_Union[ContextInfo, _Mapping]] = ..., waveform: _Optional[bytes] = ...) -> None: ...
 
 class Reaction(_message.Message):
     __slots__ = ("key", "text", "sender_timestamp_ms")

@@ -10,12 +10,20 @@
 //   events  {name, since}                          -> {events, next}
 //   deviceStatus {name, userId, deviceId}          -> {known, signedByOwner}
 //   shield  {name, roomId, eventId}                -> {colour, reason}  (Element's shield)
+//   sendFile {name, roomId, path, content, thumbnailPath?} -> {eventId, url}
+//            the file (and its thumbnail) encrypted with matrix-encrypt-attachment, as
+//            Element Web does in encrypted rooms, uploaded, and sent as content + file
+//   download {name, file?, url?, path}             -> {size, sha256}
+//            authenticated media (/_matrix/client/v1/media), decrypted when `file` is given
 //   stop    {name}                                 -> {}
 // Every timeline event a client sees is recorded in the shape of a Matrix event, after
 // decryption; an event that fails to decrypt is recorded with "undecryptable": true and
 // recorded again if a late key lets the SDK decrypt it afterwards.
 import readline from "node:readline";
+import { createHash } from "node:crypto";
+import { readFile, writeFile } from "node:fs/promises";
 import * as sdk from "matrix-js-sdk";
+import { decryptAttachment, encryptAttachment } from "matrix-encrypt-attachment";
 import { logger } from "matrix-js-sdk/lib/logger.js";
 
 logger.setLevel("error");
@@ -96,8 +104,58 @@ function entryOf(name) {
   return entry;
 }
 
+async function upload(client, roomId, path, mimetype) {
+  const plain = await readFile(path);
+  const encrypted = client.getCrypto() && (await client.getCrypto().isEncryptionEnabledInRoom(roomId));
+  if (!encrypted) {
+    const { content_uri } = await client.uploadContent(plain, { type: mimetype, includeFilename: false });
+    return { url: content_uri };
+  }
+  const { data, info } = await encryptAttachment(plain.buffer.slice(plain.byteOffset, plain.byteOffset + plain.length));
+  const { content_uri } = await client.uploadContent(Buffer.from(data), {
+    type: "application/octet-stream",
+    includeFilename: false,
+  });
+  return { file: { ...info, url: content_uri, mimetype } };
+}
+
+async function waitForRoom(client, roomId) {
+  for (let i = 0; !client.getRoom(roomId); i++) {
+    if (i > 200) throw new Error(`room ${roomId} never appeared`);
+    await new Promise((r) => setTimeout(r, 50));
+  }
+}
+
 const ops = {
   login,
+  async sendFile({ name, roomId, path, content, thumbnailPath }) {
+    const { client } = entryOf(name);
+    await waitForRoom(client, roomId);
+    const mimetype = content.info?.mimetype ?? "application/octet-stream";
+    const main = await upload(client, roomId, path, mimetype);
+    const body = { ...content, info: { ...(content.info ?? {}) } };
+    if (main.file) body.file = main.file;
+    else body.url = main.url;
+    if (thumbnailPath) {
+      const thumb = await upload(client, roomId, thumbnailPath, "image/jpeg");
+      if (thumb.file) body.info.thumbnail_file = thumb.file;
+      else body.info.thumbnail_url = thumb.url;
+    }
+    const { event_id } = await client.sendEvent(roomId, "m.room.message", body);
+    return { eventId: event_id, url: main.file?.url ?? main.url };
+  },
+  async download({ name, file, url, path }) {
+    const { client } = entryOf(name);
+    const mxc = file?.url ?? url;
+    const http = client.mxcUrlToHttp(mxc, undefined, undefined, undefined, false, true, true);
+    const response = await fetch(http, { headers: { Authorization: `Bearer ${client.getAccessToken()}` } });
+    if (!response.ok) throw new Error(`download of ${mxc} answered ${response.status}`);
+    let data = await response.arrayBuffer();
+    if (file) data = await decryptAttachment(data, file);
+    const bytes = Buffer.from(data);
+    await writeFile(path, bytes);
+    return { size: bytes.length, sha256: createHash("sha256").update(bytes).digest("hex") };
+  },
   async createRoom({ name, invite, encrypted, isDirect }) {
     const initial_state = encrypted
       ? [{ type: "m.room.encryption", state_key: "", content: { algorithm: "m.megolm.v1.aes-sha2" } }]
@@ -108,10 +166,7 @@ const ops = {
   async send({ name, roomId, type, content }) {
     const { client } = entryOf(name);
     // The room must be known to the client (and its encryption state) before sending.
-    for (let i = 0; !client.getRoom(roomId); i++) {
-      if (i > 200) throw new Error(`room ${roomId} never appeared`);
-      await new Promise((r) => setTimeout(r, 50));
-    }
+    await waitForRoom(client, roomId);
     const { event_id } = await client.sendEvent(roomId, type, content);
     return { eventId: event_id };
   },

@@ -1,0 +1,56 @@
+"""Peers' files, fetched from the gatekeeper (GIP §7: ``direct_path = /v/t<ref>`` on G).
+
+The blob streams from the gatekeeper through the checks (hash, MAC, padding, plaintext
+hash) into a file that appears only when all of them passed. The path comes from a peer's
+message, so it is held to the gatekeeper's own host: a peer cannot make the bridge fetch
+anything else.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import aiohttp
+
+from bridge.gip.content import Media
+from bridge.gip.errors import GipError, GipErrorCode
+from bridge.gip.media import CHUNK, MAC_LENGTH, MediaType, decrypt_to_file
+
+# Slow links are fine; silence is not.
+TIMEOUT = aiohttp.ClientTimeout(total=None, sock_connect=30, sock_read=120)
+_DIRECT_PATH = re.compile(r"^/[A-Za-z0-9_\-./]{1,512}$")
+
+
+def media_url(base_url: str, direct_path: str) -> str:
+    if not _DIRECT_PATH.match(direct_path) or ".." in direct_path or direct_path.startswith("//"):
+        raise GipError(GipErrorCode.BAD_REQUEST, "the media path is not one of the gatekeeper's")
+    return base_url.rstrip("/") + direct_path
+
+
+async def download(http: aiohttp.ClientSession, base_url: str, kind: str, media: Media, destination: Path) -> int:
+    """Fetch and decrypt one file; returns its plaintext size."""
+    media_type = MediaType.of_kind(kind)
+    if media.file_length > media_type.max_bytes:
+        raise GipError(GipErrorCode.TOO_LARGE, "the file is over the profile's limit")
+    if len(media.media_key) != 32 or len(media.file_enc_sha256) != 32:
+        raise GipError(GipErrorCode.MEDIA_HASH, "the message does not say how to check the file")
+    url = media_url(base_url, media.direct_path)
+    try:
+        async with http.get(url, timeout=TIMEOUT) as response:
+            if response.status in (404, 410):
+                raise GipError(GipErrorCode.NOT_FOUND, f"the gatekeeper answered {response.status}")
+            if response.status != 200:
+                raise GipError(GipErrorCode.UNAVAILABLE, f"the gatekeeper answered {response.status}")
+            if response.content_length is not None and response.content_length > media_type.max_bytes + 16 + MAC_LENGTH:
+                raise GipError(GipErrorCode.TOO_LARGE, "the blob is over the profile's limit")
+            return await decrypt_to_file(
+                media_type,
+                response.content.iter_chunked(CHUNK),
+                destination,
+                media_key=bytes(media.media_key),
+                file_enc_sha256=bytes(media.file_enc_sha256),
+                file_sha256=bytes(media.file_sha256) or None,
+            )
+    except (aiohttp.ClientError, TimeoutError) as exc:
+        raise GipError(GipErrorCode.UNAVAILABLE, f"the download broke off ({type(exc).__name__})") from None

@@ -1,0 +1,43 @@
+"""Mimetypes from a file's first bytes, for files a client sent without one."""
+
+from __future__ import annotations
+
+import mimetypes
+from pathlib import Path
+
+import puremagic
+
+GENERIC = "application/octet-stream"
+# What messaging clients expect for a few containers puremagic names otherwise (or not at
+# all): an .m4a is audio, an Ogg file in a chat is audio.
+_BY_EXTENSION = {".m4a": "audio/mp4", ".f4a": "audio/mp4", ".ogg": "audio/ogg", ".opus": "audio/ogg"}
+_ALIASES = {"audio/x-m4a": "audio/mp4", "audio/x-wav": "audio/wav", "image/jpg": "image/jpeg"}
+
+
+def sniff(path: Path) -> str | None:
+    """The mimetype the file's magic numbers say, or None when they say nothing."""
+    try:
+        matches = puremagic.magic_file(str(path))
+    except (puremagic.PureError, ValueError, OSError):
+        return None
+    if not matches:
+        return None
+    best = matches[0]
+    extension = (best.extension or "").lower()
+    if extension in _BY_EXTENSION:
+        return _BY_EXTENSION[extension]
+    if best.mime_type:
+        return _ALIASES.get(best.mime_type, best.mime_type)
+    return mimetypes.guess_type(f"file{extension}")[0]
+
+
+def effective_mimetype(declared: str | None, path: Path) -> str:
+    """What the client declared, unless it declared nothing useful; then what the bytes say."""
+    if declared and "/" in declared and base_type(declared) != GENERIC:
+        return declared.strip()
+    return sniff(path) or GENERIC
+
+
+def base_type(mimetype: str) -> str:
+    """``audio/ogg; codecs=opus`` → ``audio/ogg``."""
+    return mimetype.split(";", 1)[0].strip().lower()
