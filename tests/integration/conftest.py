@@ -59,6 +59,7 @@ async def build_stack(
     registration_tweak: Callable[[dict[str, Any]], None] | None = None,
     start_bridge: bool = True,
     admin: str | None = None,
+    max_upload_size: str = "200M",
 ) -> tuple[Stack, str, str]:
     """Everything an admin would run, on loopback: returns the stack, the Postgres admin
     DSN and the database name (to drop afterwards)."""
@@ -99,7 +100,7 @@ async def build_stack(
         document = read_yaml(registration)
         registration_tweak(document)
         registration.write_text(dump_yaml(document))
-    synapse = start_synapse(root / "synapse", synapse_port, registration)
+    synapse = start_synapse(root / "synapse", synapse_port, registration, max_upload_size)
     config, _ = load_config(config_path)
     bridge = BridgeApp(config)
     if start_bridge:
@@ -132,7 +133,8 @@ async def stack(tmp_path_factory) -> AsyncIterator[Stack]:
 
 @pytest_asyncio.fixture(scope="session", loop_scope="session")
 async def messenger_stack(tmp_path_factory) -> AsyncIterator[Stack]:
-    built, admin, database = await build_stack(tmp_path_factory.mktemp("messenger"), "messenger")
+    # A homeserver that takes small files only: what the bridge says of a larger one is tested there.
+    built, admin, database = await build_stack(tmp_path_factory.mktemp("messenger"), "messenger", max_upload_size="1M")
     yield built
     await tear_down(built, admin, database)
 

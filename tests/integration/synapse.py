@@ -50,7 +50,7 @@ class Synapse:
                 raise RuntimeError(f"registering {username} failed: {await response.text()}")
 
 
-def start_synapse(directory: Path, port: int, registration: Path) -> Synapse:
+def start_synapse(directory: Path, port: int, registration: Path, max_upload_size: str = "200M") -> Synapse:
     if not SYNAPSE_PYTHON.exists():
         raise RuntimeError("Synapse is not installed: run scripts/setup.sh")
     directory.mkdir(parents=True, exist_ok=True)
@@ -99,6 +99,8 @@ def start_synapse(directory: Path, port: int, registration: Path) -> Synapse:
         rc_joins={"local": limit, "remote": limit},
         rc_invites={"per_room": limit, "per_user": limit, "per_issuer": limit},
         rc_presence={"per_user": limit},
+        # Room for the 100 MiB transfer test; a stack may set less to test the refusal.
+        max_upload_size=max_upload_size,
     )
     with config_path.open("w") as out:
         yaml.dump(config, out)

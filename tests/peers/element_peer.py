@@ -130,6 +130,28 @@ class ElementUser(WaitsForEvents):
     async def say(self, room_id: str, text: str) -> str:
         return await self.send(room_id, "m.room.message", {"msgtype": "m.text", "body": text})
 
+    async def send_file(
+        self, room_id: str, path: Path, content: dict[str, Any], thumbnail: Path | None = None
+    ) -> dict[str, str]:
+        """A file as Element Web sends it: encrypted with matrix-encrypt-attachment in an
+        encrypted room, uploaded, then the event (``content`` plus ``file`` or ``url``)."""
+        return await self.peer.call(
+            "sendFile",
+            timeout=300,
+            name=self.name,
+            roomId=room_id,
+            path=str(path),
+            content=content,
+            thumbnailPath=str(thumbnail) if thumbnail else None,
+        )
+
+    async def download(self, source: dict[str, Any], path: Path) -> dict[str, Any]:
+        """Fetch (authenticated media) and decrypt a ``{"file": …}`` or ``{"url": …}`` into
+        ``path``; returns its size and SHA-256."""
+        return await self.peer.call(
+            "download", timeout=300, name=self.name, file=source.get("file"), url=source.get("url"), path=str(path)
+        )
+
     async def redact(self, room_id: str, event_id: str) -> str:
         return (await self.peer.call("redact", name=self.name, roomId=room_id, eventId=event_id))["eventId"]
 
