@@ -294,6 +294,8 @@ def routes(gk: Gatekeeper) -> list[web.RouteDef]:
             gk.faults.refuse_next_message[str(refusal["iid"])] = GipErrorCode(str(refusal["code"]))
         if "corrupt_next_from" in data:
             gk.faults.corrupt_next_from.add(str(data["corrupt_next_from"]))
+        if "media_bytes_per_second" in data:
+            gk.faults.media_bytes_per_second = max(0, int(data["media_bytes_per_second"]))
         return web.json_response({"ok": True, **result})
 
     def partner(request: web.Request) -> str:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from pathlib import Path
 
 from aiohttp import web
@@ -39,7 +40,22 @@ def make_app(gatekeeper: Gatekeeper) -> web.Application:
         row = gk.store.media(request.match_info["ref"])
         if row is None or not Path(row["path"]).exists():
             return web.Response(status=404)
-        return web.FileResponse(row["path"], headers={"Content-Type": "application/octet-stream"})
+        rate = gk.faults.media_bytes_per_second
+        if not rate:
+            return web.FileResponse(row["path"], headers={"Content-Type": "application/octet-stream"})
+        # A slow network, injected: the blob trickles out at the given rate.
+        path = Path(row["path"])
+        response = web.StreamResponse(
+            headers={"Content-Type": "application/octet-stream", "Content-Length": str(path.stat().st_size)}
+        )
+        await response.prepare(request)
+        step = max(1, rate // 10)
+        with path.open("rb") as source:
+            while chunk := source.read(step):
+                await response.write(chunk)
+                await asyncio.sleep(0.1)
+        await response.write_eof()
+        return response
 
     async def upload_native_media(request: web.Request) -> web.Response:
         """``POST /upload``: sandbox natives upload encrypted media (control token)."""

@@ -54,3 +54,4 @@ class Faults:
     ack_delay: float = 0.0  # seconds, for every message ack until reset
     corrupt_next_from: set[str] = field(default_factory=set)  # native iids
     refuse_next_message: dict[str, GipErrorCode] = field(default_factory=dict)  # partner iid
+    media_bytes_per_second: int = 0  # native media downloads (GET /v/t…) this slow until reset; 0: full speed

@@ -9,16 +9,18 @@ once (as the gatekeeper does) and hands a prepared message over through ``persis
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import itertools
 import json
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
-from bridge.core.errors import Unavailable
+from bridge.core.errors import Final, Unavailable
 from bridge.core.gatekeeper_api import Persist
 from bridge.core.matrix_api import BridgeInfo, StatusReport
 from bridge.db.logins import Login
-from bridge.gip.content import Content
+from bridge.gip.content import Content, Media
 from bridge.gip.errors import GipError, GipErrorCode
 from bridge.signal import PublicKey
 
@@ -52,6 +54,9 @@ class RecordingMatrix:
         self.typing: list[tuple[str, str, bool]] = []
         self.rooms: list[str] = []
         self.puppets: dict[str, str] = {}
+        self.media: dict[str, bytes] = {}  # mxc → what the homeserver serves
+        self.uploads: list[dict[str, Any]] = []
+        self.upload_limit: int | None = None
         self.changed = asyncio.Event()
 
     def _event(self, txn_id: str | None, record: dict[str, Any]) -> str:
@@ -122,6 +127,25 @@ class RecordingMatrix:
         self.statuses.append((event_id, report))
         self.changed.set()
 
+    async def download_media(self, url: str, file: dict[str, Any] | None, destination: Path, *, max_bytes: int) -> int:
+        self.faults.check("download_media")
+        data = self.media.get(url)
+        if data is None:
+            raise Final("M_NOT_FOUND", "the file is no longer on the homeserver")
+        if len(data) > max_bytes:
+            raise Final("M_TOO_LARGE", "the file is over the limit")
+        destination.write_bytes(data)
+        return len(data)
+
+    async def upload_media(self, room_id: str, path: Path, *, mimetype: str, filename: str | None) -> dict[str, Any]:
+        self.faults.check("upload_media")
+        url = f"mxc://test/{len(self.uploads) + 1}"
+        self.uploads.append({"url": url, "data": path.read_bytes(), "mimetype": mimetype, "filename": filename})
+        return {"url": url}
+
+    async def media_upload_limit(self) -> int | None:
+        return self.upload_limit
+
     async def enable_encryption(self, room_id: str) -> None:
         return None
 
@@ -147,6 +171,9 @@ class RecordingGatekeeper:
         self.reads: list[tuple[str, str, list[str]]] = []
         self.typing: list[tuple[str, str, bool]] = []
         self._preparations = itertools.count(1)
+        self.uploads: list[tuple[str, bytes]] = []  # (kind, plaintext) stored for the peer
+        self.files: dict[str, bytes] = {}  # direct path → the peer's plaintext
+        self.downloads = 0
         self.changed = asyncio.Event()
 
     def connected(self, mxid: str) -> bool:
@@ -172,6 +199,25 @@ class RecordingGatekeeper:
         if all(d.message_id != message_id for d in self.delivered):
             self.delivered.append(sent)
         self.changed.set()
+
+    async def upload_media(self, mxid: str, kind: str, source: Path) -> Media:
+        self.faults.check("upload_media")
+        data = source.read_bytes()
+        self.uploads.append((kind, data))
+        return Media(
+            direct_path=f"/interop/download/test/{len(self.uploads)}/",
+            media_key=bytes(32),
+            file_sha256=hashlib.sha256(data).digest(),
+            file_enc_sha256=bytes(32),
+            file_length=len(data),
+        )
+
+    async def download_media(self, mxid: str, kind: str, media: Media, destination: Path) -> int:
+        self.downloads += 1
+        self.faults.check("download_media")
+        data = self.files[media.direct_path]
+        destination.write_bytes(data)
+        return len(data)
 
     async def send_read(self, mxid: str, peer: str, message_ids: list[str]) -> None:
         self.reads.append((mxid, peer, message_ids))

@@ -15,6 +15,7 @@ import io
 import json
 import os
 import subprocess
+import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -23,6 +24,7 @@ import pytest
 import pytest_asyncio
 from PIL import Image
 
+from bridge.app import BridgeApp
 from bridge.gip.media import MediaType, decrypt_bytes
 from bridge.gip.tokens import SigningKey, issue_gatekeeper_token
 from tests.integration.conftest import Stack
@@ -258,15 +260,31 @@ async def test_a_tampered_blob_is_never_posted_and_is_explained(stack: Stack, ch
 
 
 async def test_files_over_the_limits_are_refused_with_the_limit(stack: Stack, chat, tmp_path: Path) -> None:
-    user, portal, native, _ = chat
+    user, portal, _, _ = chat
     big = tmp_path / "big.jpg"
     big.write_bytes(b"\xff\xd8\xff" + os.urandom(17 * 1024 * 1024))
-    sent = await user.send_file(
-        portal, big, {"msgtype": "m.image", "body": "big.jpg", "info": {"mimetype": "image/jpeg"}}
+    # Once as the client declares it, once with a size that lies: the download stops at the limit.
+    for info in ({"mimetype": "image/jpeg", "size": big.stat().st_size}, {"mimetype": "image/jpeg", "size": 1000}):
+        sent = await user.send_file(portal, big, {"msgtype": "m.image", "body": "big.jpg", "info": info})
+        status = await status_of(user, sent["eventId"], "FAIL_PERMANENT")
+        assert "16 MiB" in status["content"]["message"]
+    notices = [e for e in user.events if in_portal(portal, "m.notice")(e) and "16 MiB" in e["content"]["body"]]
+    assert len(notices) >= 1
+
+
+async def test_a_file_larger_than_the_homeserver_takes_is_explained(messenger_stack: Stack) -> None:
+    stack = messenger_stack  # its homeserver takes files of at most 1 MiB
+    user = await stack.user()
+    room = await log_in(stack, user)
+    native = await stack.sandbox.native(uvid="media.fan")
+    portal = await open_chat(stack, user, room, native)
+    iid = (await stack.bridge.core.logins.get(user.mxid)).iid
+    data = base64.b64encode(os.urandom(2 * 1024 * 1024)).decode()
+    await native_sends(stack, native, iid, kind="document", data=data, file_name="two.bin")
+    notice = await user.wait_for(
+        lambda e: e.get("room_id") == portal and "at most 1 MiB" in e.get("content", {}).get("body", ""), timeout=60
     )
-    status = await status_of(user, sent["eventId"], "FAIL_PERMANENT")
-    assert "16 MiB" in status["content"]["message"]
-    await user.wait_for(lambda e: in_portal(portal, "m.notice")(e) and "16 MiB" in e["content"]["body"])
+    assert "2 MiB" in notice["content"]["body"] and "Messenger" in notice["content"]["body"]
 
 
 async def test_the_media_endpoint_serves_only_the_gatekeepers_proxy(stack: Stack, chat, files: dict[str, Path]) -> None:
@@ -296,3 +314,101 @@ async def test_the_media_endpoint_serves_only_the_gatekeepers_proxy(stack: Stack
     assert await store.blob(ref) is None and not (store.directory / ref).exists()
     with pytest.raises(Exception, match="404"):
         await stack.sandbox.gatekeeper.proxy_partner_media(document["directPath"])
+
+
+def rss() -> int:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) * 1024
+    raise AssertionError("no VmRSS")
+
+
+def file_sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as source:
+        while chunk := source.read(1 << 20):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+async def test_100_mib_pass_through_both_ways_in_bounded_memory(stack: Stack, chat, tmp_path: Path) -> None:
+    """The bridge, the sandbox and this test share one process: its resident memory is
+    sampled all along both transfers and may grow by a few 1 MiB chunks, not by the file."""
+    user, portal, native, iid = chat
+    big = tmp_path / "film.bin"
+    with big.open("wb") as out:
+        for _ in range(100):
+            out.write(os.urandom(1 << 20))
+    expected = file_sha256(big)
+    before = len(await stack.sandbox.events(native["iid"], "media"))
+    baseline, peak = rss(), 0
+    sampling = True
+
+    async def sample() -> None:
+        nonlocal peak
+        while sampling:
+            peak = max(peak, rss())
+            await asyncio.sleep(0.02)
+
+    sampler = asyncio.get_running_loop().create_task(sample())
+    try:
+        sent = await user.send_file(portal, big, {"msgtype": "m.file", "body": "film.bin", "info": {"size": 100 << 20}})
+        await status_of(user, sent["eventId"], timeout=180)
+        fetched = (await native_events(stack, native, "media", before + 1, timeout=180))[-1]
+        assert fetched["ok"] and fetched["sha256"] == expected and fetched["size"] == 100 << 20
+
+        await native_sends(stack, native, iid, kind="document", path=str(big), file_name="back.bin")
+        event = await user.wait_for(
+            lambda e: in_portal(portal, "m.file")(e) and e["content"].get("body") == "back.bin", timeout=180
+        )
+    finally:
+        sampling = False
+        await sampler
+    got = await user.download(event["content"], tmp_path / "back.bin")
+    assert got["sha256"] == expected
+    growth = peak - baseline
+    print(f"resident memory: baseline {baseline >> 20} MiB, peak {peak >> 20} MiB, growth {growth >> 20} MiB")
+    assert growth < 32 << 20, f"resident memory grew by {growth >> 20} MiB for a 100 MiB file"
+
+
+def transfers_in_progress() -> list[Path]:
+    return [p for p in Path(tempfile.gettempdir()).glob("dma-media-*/*.partial") if p.stat().st_size > 0]
+
+
+async def test_a_transfer_cut_off_midway_resumes_after_a_restart_and_posts_once(
+    stack: Stack, chat, tmp_path: Path
+) -> None:
+    user, portal, native, iid = chat
+    payload = tmp_path / "slow.bin"
+    payload.write_bytes(os.urandom(6 << 20))
+    await stack.sandbox.control("POST", "/faults", {"media_bytes_per_second": 1 << 20})
+    try:
+        await native_sends(stack, native, iid, kind="document", path=str(payload), file_name="slow.bin")
+        for _ in range(300):
+            if transfers_in_progress():
+                break
+            await asyncio.sleep(0.02)
+        else:
+            raise AssertionError("the bridge never started fetching the file")
+        # The process dies where it stands: each portal loop is cancelled at its current
+        # await, which leaves the database as a kill would; then a new process starts.
+        for loop in list(stack.bridge.core.loops._loops.values()):
+            if loop.task is not None:
+                loop.task.cancel()
+    finally:
+        await stack.sandbox.control("POST", "/faults", {"media_bytes_per_second": 0})
+    await stack.bridge.stop()
+    assert not transfers_in_progress()  # the cut-off transfer left no temporary file behind
+    stack.bridge = BridgeApp(stack.bridge.config)
+    await stack.bridge.start()
+
+    event = await user.wait_for(
+        lambda e: in_portal(portal, "m.file")(e) and e["content"].get("body") == "slow.bin", timeout=60
+    )
+    await stack.bridge.core.settle()
+    await asyncio.sleep(1)
+    await user.refresh()
+    copies = [e for e in user.events if in_portal(portal, "m.file")(e) and e["content"].get("body") == "slow.bin"]
+    assert len(copies) == 1
+    got = await user.download(event["content"], tmp_path / "got.bin")
+    assert got["sha256"] == sha256(payload)
