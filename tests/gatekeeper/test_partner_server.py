@@ -42,7 +42,7 @@ async def served() -> AsyncIterator[tuple[str, _Jwks, list[str]]]:
         pushed.append(uvid)
 
     class _NoMedia:
-        async def get(self, ref: str) -> bytes | None:
+        async def blob(self, ref: str) -> None:
             return None
 
     partner = PartnerServer(

@@ -306,6 +306,60 @@ async def test_media_both_ways_through_the_proxy(sandbox: Sandbox, partner_serve
     assert not wrong.exists()
 
 
+async def test_native_media_from_a_file_with_faults_and_expiry(
+    sandbox: Sandbox, partner_server: PartnerServer, tmp_path
+) -> None:
+    """The control API sends a native's file from disk (large files), with a preview and a
+    waveform; injects a tampered blob and a slow network; and its clock expires blobs."""
+    import time
+
+    from bridge.gip.media import MediaType, decrypt_bytes
+
+    alice = await new_partner(sandbox, partner_server)
+    native = await sandbox.native()
+    source = tmp_path / "voice.ogg"
+    source.write_bytes(b"OggS" + bytes(300_000))
+
+    async def send(**media) -> MessageEvent:
+        sent = await sandbox.control(
+            "POST", f"/natives/{native['iid']}/send", {"to": alice.client.iid, "media": {"kind": "audio", **media}}
+        )
+        return await alice.wait_for(lambda e: isinstance(e, MessageEvent) and e.id == sent["id"])
+
+    event = await send(
+        path=str(source), ptt=True, waveform=list(range(64)), thumbnail=base64.b64encode(b"jpg").decode()
+    )
+    audio = event.content.audio
+    assert (list(audio.waveform), audio.jpeg_thumbnail, audio.file_length) == (list(range(64)), b"jpg", 300_004)
+
+    async def fetch(path: str) -> tuple[int, bytes]:
+        async with sandbox.http.get(sandbox.base + path) as response:
+            return response.status, await response.read()
+
+    status, blob = await fetch(audio.direct_path)
+    args = (audio.media_key, audio.file_enc_sha256, audio.file_sha256)
+    assert status == 200 and decrypt_bytes(MediaType.AUDIO, blob, *args) == source.read_bytes()
+
+    # A slow network: 100 KB/s makes a 300 KB blob take about three seconds.
+    await sandbox.control("POST", "/faults", {"media_bytes_per_second": 100_000})
+    started = time.monotonic()
+    status, slow = await fetch(audio.direct_path)
+    assert status == 200 and slow == blob and time.monotonic() - started > 2
+    await sandbox.control("POST", "/faults", {"media_bytes_per_second": 0})
+
+    tampered = (await send(path=str(source), tamper=True)).content.audio
+    _, bad = await fetch(tampered.direct_path)
+    assert hashlib.sha256(bad).digest() != tampered.file_enc_sha256
+
+    with pytest.raises(Exception, match=r"media\.data"):
+        await sandbox.control(
+            "POST", f"/natives/{native['iid']}/send", {"to": alice.client.iid, "media": {"kind": "audio", "data": "%%"}}
+        )
+    # Thirty days on the gatekeeper's clock, and the blob is gone.
+    await sandbox.control("POST", "/clock/advance", {"seconds": 31 * 86400})
+    assert (await fetch(audio.direct_path))[0] == 404
+
+
 async def test_between_two_partner_users(sandbox: Sandbox, partner_server: PartnerServer) -> None:
     from bridge.gip.client import ChatStateEvent
 
