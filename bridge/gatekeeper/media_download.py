@@ -15,7 +15,7 @@ import aiohttp
 
 from bridge.gip.content import Media
 from bridge.gip.errors import GipError, GipErrorCode
-from bridge.gip.media import CHUNK, MAC_LENGTH, MediaType, decrypt_to_file
+from bridge.gip.media import MAC_LENGTH, MediaType, decrypt_to_file, whole_chunks
 
 # Slow links are fine; silence is not.
 TIMEOUT = aiohttp.ClientTimeout(total=None, sock_connect=30, sock_read=120)
@@ -46,7 +46,7 @@ async def download(http: aiohttp.ClientSession, base_url: str, kind: str, media:
                 raise GipError(GipErrorCode.TOO_LARGE, "the blob is over the profile's limit")
             return await decrypt_to_file(
                 media_type,
-                response.content.iter_chunked(CHUNK),
+                whole_chunks(response.content),
                 destination,
                 media_key=bytes(media.media_key),
                 file_enc_sha256=bytes(media.file_enc_sha256),

@@ -15,14 +15,15 @@ import asyncio
 import hashlib
 import hmac
 import os
-from collections.abc import AsyncIterable, Iterable
+from collections.abc import AsyncIterable, AsyncIterator, Iterable
 from dataclasses import dataclass, field
 from enum import Enum
 from pathlib import Path
-from typing import BinaryIO
+from typing import Any, BinaryIO
 
 from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 
+from bridge.side_work import SideWork
 from bridge.signal.kdf import hkdf_sha256
 
 from .errors import GipError, GipErrorCode
@@ -89,7 +90,10 @@ class EncryptedMedia:
 
 
 class MediaEncryptor:
-    """Feed plaintext with :meth:`update`; :meth:`finalize` returns the last bytes."""
+    """Feed plaintext with :meth:`update`; :meth:`finalize` returns the last bytes.
+
+    The cipher runs in the caller's thread; the three hashes (plaintext, HMAC, blob) run
+    beside it in a worker (:class:`~bridge.side_work.SideWork`)."""
 
     def __init__(self, media_type: MediaType, media_key: bytes | None = None) -> None:
         self.media_type = media_type
@@ -99,6 +103,7 @@ class MediaEncryptor:
         self._mac = hmac.new(keys.mac_key, keys.iv, hashlib.sha256)
         self._plain_hash = hashlib.sha256()
         self._blob_hash = hashlib.sha256()
+        self._side = SideWork()
         self._length = 0
         self._tail = b""
         self.result: EncryptedMedia | None = None
@@ -106,8 +111,9 @@ class MediaEncryptor:
     def update(self, chunk: bytes) -> bytes:
         self._length += len(chunk)
         if self._length > self.media_type.max_bytes:
+            self._side.close()
             raise GipError(GipErrorCode.TOO_LARGE, "file is over the size limit")
-        self._plain_hash.update(chunk)
+        self._side.run(len(chunk), self._plain_hash.update, chunk)
         # Keep the last partial block back so finalize can pad it.
         data = self._tail + chunk
         cut = len(data) - len(data) % 16
@@ -118,15 +124,19 @@ class MediaEncryptor:
         pad = 16 - len(self._tail) % 16
         out = self._cipher.update(self._tail + bytes((pad,)) * pad) + self._cipher.finalize()
         out = self._emit(out)
+        self._side.close()
         mac = self._mac.digest()[:MAC_LENGTH]
         self._blob_hash.update(mac)
         self.result = EncryptedMedia(self.media_key, self._plain_hash.digest(), self._blob_hash.digest(), self._length)
         return out + mac
 
     def _emit(self, ciphertext: bytes) -> bytes:
+        self._side.run(len(ciphertext), self._hash_ciphertext, ciphertext)
+        return ciphertext
+
+    def _hash_ciphertext(self, ciphertext: bytes) -> None:
         self._mac.update(ciphertext)
         self._blob_hash.update(ciphertext)
-        return ciphertext
 
 
 class MediaDecryptor:
@@ -151,14 +161,15 @@ class MediaDecryptor:
         self._mac = hmac.new(keys.mac_key, keys.iv, hashlib.sha256)
         self._blob_hash = hashlib.sha256()
         self._plain_hash = hashlib.sha256()
+        self._side = SideWork()  # the hashes, beside the cipher
         self._held = b""  # the last MAC bytes and the last block, not yet known to be final
         self._length = 0
 
     def update(self, chunk: bytes) -> bytes:
         self._length += len(chunk)
         if self._length > self.media_type.max_bytes + 16 + MAC_LENGTH:
+            self._side.close()
             raise GipError(GipErrorCode.TOO_LARGE, "file is over the size limit")
-        self._blob_hash.update(chunk)
         data = self._held + chunk
         # Hold back the MAC and one whole block (it may carry the padding).
         keep = MAC_LENGTH + 16
@@ -166,12 +177,17 @@ class MediaDecryptor:
         usable -= usable % 16
         self._held = data[usable:]
         ciphertext = data[:usable]
-        self._mac.update(ciphertext)
+        self._side.run(len(chunk), self._hash_blob, chunk, ciphertext)
         plaintext = self._cipher.update(ciphertext)
-        self._plain_hash.update(plaintext)
+        self._side.run(len(plaintext), self._plain_hash.update, plaintext)
         return plaintext
 
+    def _hash_blob(self, chunk: bytes, ciphertext: bytes) -> None:
+        self._blob_hash.update(chunk)
+        self._mac.update(ciphertext)
+
     def finalize(self) -> bytes:
+        self._side.close()
         if not hmac.compare_digest(self._blob_hash.digest(), self._expected_blob):
             raise GipError(GipErrorCode.MEDIA_HASH, "media blob does not match its hash")
         held = self._held
@@ -253,14 +269,31 @@ async def decrypt_to_file(
     try:
         with partial.open("wb") as out:
             # The crypto and the disk run in a worker thread while the next chunk arrives.
+            working: asyncio.Future[int] | None = None
             async for chunk in chunks:
-                length += await asyncio.to_thread(step, out, chunk)
+                if working is not None:
+                    length += await working
+                working = asyncio.ensure_future(asyncio.to_thread(step, out, chunk))
+            if working is not None:
+                length += await working
             length += await asyncio.to_thread(last, out)
         partial.replace(destination)
     except BaseException:
         partial.unlink(missing_ok=True)
         raise
     return length
+
+
+async def whole_chunks(stream: asyncio.StreamReader | Any, size: int = CHUNK) -> AsyncIterator[bytes]:
+    """A network stream in chunks of ``size`` (the last one shorter): a socket hands over
+    whatever arrived, often 64 KiB, and each chunk costs a thread hop."""
+    while True:
+        try:
+            yield await stream.readexactly(size)
+        except asyncio.IncompleteReadError as exc:
+            if exc.partial:
+                yield exc.partial
+            return
 
 
 def file_chunks(path: Path, size: int = CHUNK) -> Iterable[bytes]:

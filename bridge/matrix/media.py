@@ -22,7 +22,7 @@ import aiohttp
 
 from bridge.core.errors import Final, Refused, RetryAfter, Unavailable
 from bridge.core.media import mib
-from bridge.gip.media import CHUNK
+from bridge.gip.media import CHUNK, whole_chunks
 
 from .attachments import AttachmentDecryptor, AttachmentEncryptor, AttachmentError
 
@@ -126,13 +126,19 @@ class HomeserverMedia:
         def write(out: BinaryIO, chunk: bytes) -> None:
             out.write(decryptor.update(chunk) if decryptor is not None else chunk)
 
+        working: asyncio.Future[None] | None = None
         try:
             with partial.open("wb") as out:
-                async for chunk in response.content.iter_chunked(CHUNK):
+                # Each chunk is decrypted and written in a worker thread while the next arrives.
+                async for chunk in whole_chunks(response.content):
                     size += len(chunk)
                     if size > max_bytes:
                         raise Final("M_TOO_LARGE", f"the file is over the limit of {mib(max_bytes)}")
-                    await asyncio.to_thread(write, out, chunk)
+                    if working is not None:
+                        await working
+                    working = asyncio.ensure_future(asyncio.to_thread(write, out, chunk))
+                if working is not None:
+                    await working
             if decryptor is not None:
                 try:
                     decryptor.verify()
@@ -140,6 +146,8 @@ class HomeserverMedia:
                     raise Final("M_INVALID_PARAM", "the file does not match its hash, so it was not sent") from None
             partial.replace(destination)
         except BaseException:
+            if working is not None and not working.done():
+                await asyncio.wait([working])  # the file is still open in the worker
             partial.unlink(missing_ok=True)
             raise
         return size
@@ -189,8 +197,15 @@ class HomeserverMedia:
             return encryptor.update(chunk) if encryptor is not None and chunk else chunk
 
         with path.open("rb") as source:
-            while chunk := await asyncio.to_thread(read, source):
-                yield chunk
+            # The next chunk is read and encrypted while the last one is being sent.
+            ahead = asyncio.ensure_future(asyncio.to_thread(read, source))
+            try:
+                while chunk := await ahead:
+                    ahead = asyncio.ensure_future(asyncio.to_thread(read, source))
+                    yield chunk
+            finally:
+                if not ahead.done():
+                    await asyncio.wait([ahead])
 
     async def upload_limit(self) -> int | None:
         """``m.upload.size``, asked once an hour; None when the homeserver names none."""
