@@ -23,7 +23,7 @@ import asyncio
 import contextlib
 import logging
 import tempfile
-from collections.abc import Iterator
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -51,6 +51,9 @@ GIP_THUMBNAIL_SIDE = 96
 # What Element shows in the timeline; larger images are scaled down to it.
 MATRIX_THUMBNAIL_SIDE = 800
 VOICE_MIMETYPE = "audio/ogg; codecs=opus"
+# Transfers at once over all portals: each holds up to two copies of a file on disk and a
+# core while it is encrypted; more would only share the same disk and cores.
+MAX_TRANSFERS = 4
 
 
 def limit_for(kind: str) -> int:
@@ -65,14 +68,17 @@ class MediaFlow:
     def __init__(self, core: BridgeCore, temp_directory: Path | None = None) -> None:
         self.core = core
         self.temp_directory = temp_directory
+        self._transfers = asyncio.Semaphore(MAX_TRANSFERS)
 
-    @contextlib.contextmanager
-    def _scratch(self) -> Iterator[Path]:
-        """A private directory for one transfer, removed with everything in it."""
-        if self.temp_directory is not None:
-            self.temp_directory.mkdir(parents=True, exist_ok=True)
-        with tempfile.TemporaryDirectory(prefix="dma-media-", dir=self.temp_directory) as name:
-            yield Path(name)
+    @contextlib.asynccontextmanager
+    async def _scratch(self) -> AsyncIterator[Path]:
+        """A turn among the transfers, and a private directory for it, removed with
+        everything in it."""
+        async with self._transfers:
+            if self.temp_directory is not None:
+                self.temp_directory.mkdir(parents=True, exist_ok=True)
+            with tempfile.TemporaryDirectory(prefix="dma-media-", dir=self.temp_directory) as name:
+                yield Path(name)
 
     # ------------------------------------------------------------------ Matrix → gatekeeper
 
@@ -88,7 +94,7 @@ class MediaFlow:
         noun = conv.KIND_NAMES[request.kind]
         if request.size is not None and request.size > limit:
             raise Unsupported("com.beeper.unsupported_event", self._too_large(noun, request.size, limit))
-        with self._scratch() as scratch:
+        async with self._scratch() as scratch:
             source = scratch / "source"
             try:
                 size = await self.core.matrix.download_media(request.url, request.file, source, max_bytes=limit)
@@ -124,8 +130,8 @@ class MediaFlow:
                 # Not an image anyone can draw (SVG, HEIC, a broken file): it still goes, as a file.
                 log.info("an image Pillow cannot read goes as a document")
                 return conv.PreparedMedia(**{**base, "kind": "document"}), source
-            if base_type(mimetype) == "application/octet-stream" and info.mimetype:
-                base["mimetype"] = info.mimetype
+            if info.mimetype:
+                base["mimetype"] = info.mimetype  # what the bytes are, whatever the client claimed
             return conv.PreparedMedia(
                 **base, width=info.width, height=info.height, jpeg_thumbnail=thumbnail.data
             ), source
@@ -213,7 +219,7 @@ class MediaFlow:
                 f"the {noun} is {mib(media.file_length)} and this homeserver takes files of at most "
                 f"{mib(homeserver_limit)}; open it in {network}",
             )
-        with self._scratch() as scratch:
+        async with self._scratch() as scratch:
             path = scratch / "file"
             try:
                 size = await self.core.gatekeeper.download_media(mxid, kind, media, path)

@@ -19,6 +19,15 @@ from pathlib import Path
 from .errors import MediaError
 
 TIMEOUT = 300.0
+# What ffmpeg may open: local files only, and only containers of audio and video. A file
+# from a chat is untrusted; a playlist (HLS, concat) posing as a video would otherwise make
+# ffmpeg read other files or fetch URLs, and put what it read into a thumbnail.
+_INPUT_GUARD = (
+    *("-protocol_whitelist", "file"),
+    "-format_whitelist",
+    "mov,mp4,m4a,3gp,3g2,mj2,matroska,webm,ogg,mp3,wav,aac,flac,avi,amr,amrnb,amrwb,caf,mpegts,mpeg,asf,flv,aiff,"
+    "image2,jpeg_pipe,png_pipe",
+)
 WAVEFORM_SAMPLES = 64
 WAVEFORM_RATE = 2000  # samples per second decoded for a waveform: plenty for 64 bars
 
@@ -64,7 +73,8 @@ async def _run(args: list[str], *, timeout: float = TIMEOUT) -> bytes:
 
 async def probe(path: Path) -> Probe:
     out = await _run(
-        [_tool("ffprobe"), "-v", "error", "-show_format", "-show_streams", "-of", "json", str(path)], timeout=60
+        [_tool("ffprobe"), "-v", "error", *_INPUT_GUARD, "-show_format", "-show_streams", "-of", "json", str(path)],
+        timeout=60,
     )
     try:
         data = json.loads(out)
@@ -106,7 +116,7 @@ async def to_ogg_opus(source: Path, destination: Path) -> None:
     await _run(
         [
             _tool("ffmpeg"),
-            *("-hide_banner", "-loglevel", "error", "-y", "-i", str(source)),
+            *("-hide_banner", "-loglevel", "error", "-y", *_INPUT_GUARD, "-i", str(source)),
             *("-map", "0:a:0", "-vn", "-map_metadata", "-1"),
             *("-c:a", "libopus", "-b:a", "32k", "-ac", "1", "-ar", "48000", "-application", "voip"),
             *("-f", "ogg", str(destination)),
@@ -119,7 +129,7 @@ async def first_frame(source: Path, destination: Path) -> None:
     await _run(
         [
             _tool("ffmpeg"),
-            *("-hide_banner", "-loglevel", "error", "-y", "-i", str(source)),
+            *("-hide_banner", "-loglevel", "error", "-y", *_INPUT_GUARD, "-i", str(source)),
             *("-map", "0:v:0", "-frames:v", "1", "-f", "image2", "-c:v", "mjpeg", "-q:v", "3", str(destination)),
         ],
         timeout=60,
@@ -134,7 +144,7 @@ async def waveform(source: Path, samples: int = WAVEFORM_SAMPLES) -> bytes:
     """
     process = await asyncio.create_subprocess_exec(
         _tool("ffmpeg"),
-        *("-hide_banner", "-loglevel", "error", "-i", str(source), "-map", "0:a:0"),
+        *("-hide_banner", "-loglevel", "error", *_INPUT_GUARD, "-i", str(source), "-map", "0:a:0"),
         *("-ac", "1", "-ar", str(WAVEFORM_RATE), "-f", "s16le", "-"),
         stdin=asyncio.subprocess.DEVNULL,
         stdout=asyncio.subprocess.PIPE,

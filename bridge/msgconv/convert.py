@@ -66,6 +66,10 @@ def matrix_message(content: dict[str, Any], *, reply_to: str | None, edit_of: st
         new = content.get("m.new_content")
         if not isinstance(new, dict):
             raise Unsupported("m.event_not_handled", "The edit has no new content.")
+        # Of a file only the caption can change (MSC2530: a body beside a filename).
+        captioned = isinstance(new.get("filename"), str) and new.get("filename") != new.get("body")
+        if new.get("msgtype") in ("m.image", "m.video", "m.audio", "m.file") and not captioned:
+            raise Unsupported("com.beeper.unsupported_event", "Only the caption of a file can be edited.")
         text = _text_of(new)
         return Outgoing(Content(edit=Edit(key=MessageKey(id=edit_of, from_me=True), text=text)), "text")
     if msgtype not in ("m.text", "m.notice", "m.emote"):

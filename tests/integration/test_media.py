@@ -130,10 +130,21 @@ async def test_every_kind_from_element_arrives_byte_for_byte(stack: Stack, chat,
     for name, content in sends:
         sent = await user.send_file(portal, files[name], content)
         await status_of(user, sent["eventId"])
+    # A sticker from a pack (unencrypted media, as sticker packs are) goes as an image.
+    sticker = await user.send_file(
+        portal,
+        files["photo.png"],
+        {"body": "wave", "info": {"mimetype": "image/png", "w": 640, "h": 480}},
+        event_type="m.sticker",
+        plain=True,
+    )
+    await status_of(user, sticker["eventId"])
+    sends.append(("photo.png", {}))
     messages = await native_events(stack, native, "message", len(sends))
     fetched = {e["id"]: e for e in await native_events(stack, native, "media", len(sends))}
     assert all(f["ok"] for f in fetched.values()), fetched
-    image, video, audio, document = (m["content"] for m in messages[-len(sends) :])
+    image, video, audio, document, sticker_sent = (m["content"] for m in messages[-len(sends) :])
+    assert sticker_sent["image"]["width"] == 640 and sticker_sent["image"]["jpegThumbnail"]
     by_order = [fetched[m["id"]] for m in messages[-len(sends) :]]
     for (name, _), got in zip(sends, by_order, strict=True):
         assert got["sha256"] == sha256(files[name]) and got["size"] == files[name].stat().st_size, name

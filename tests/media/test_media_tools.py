@@ -118,3 +118,20 @@ def test_bars_scale_and_resample() -> None:
     assert ffmpeg.bars([0] * 10) == bytes(64)
     assert list(ffmpeg.bars([1, 2, 4], samples=3)) == [25, 50, 100]
     assert len(ffmpeg.bars(list(range(1000)))) == 64 and ffmpeg.bars(list(range(1000)))[-1] == 100
+
+
+async def test_a_playlist_posing_as_a_video_cannot_make_ffmpeg_read_other_files(tmp_path: Path) -> None:
+    secret = tmp_path / "secret.ts"
+    make(secret, "-f", "lavfi", "-i", "testsrc=size=64x64:rate=5", "-t", "1", "-f", "mpegts")
+    for name, playlist in (
+        ("hls.mp4", f"#EXTM3U\n#EXT-X-TARGETDURATION:1\n#EXTINF:1,\n{secret}\n#EXT-X-ENDLIST\n"),
+        ("concat.mp4", f"ffconcat version 1.0\nfile '{secret}'\n"),
+    ):
+        path = tmp_path / name
+        path.write_text(playlist)
+        with pytest.raises(MediaError):
+            await ffmpeg.probe(path)
+        with pytest.raises(MediaError):
+            await ffmpeg.first_frame(path, tmp_path / "frame.jpg")
+        assert not (tmp_path / "frame.jpg").exists()
+    assert (await ffmpeg.probe(secret)).width == 64  # the same file, opened directly, is fine

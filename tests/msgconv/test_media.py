@@ -131,3 +131,13 @@ def test_matrix_content_for_a_voice_note_and_a_captioned_image() -> None:
     assert image["formatted_body"] == "<strong>so</strong> nice"
     assert image["info"]["thumbnail_url"] == "mxc://hs/t" and image["info"]["thumbnail_info"]["w"] == 8
     assert (image["info"]["w"], image["info"]["h"]) == (80, 60)
+
+
+def test_of_a_file_only_the_caption_can_be_edited() -> None:
+    from bridge.msgconv.convert import matrix_message
+
+    new = {"msgtype": "m.image", "body": "new words", "filename": "cat.png", "url": "mxc://hs/a"}
+    edit = matrix_message({"m.new_content": new}, reply_to=None, edit_of="G1")
+    assert edit.content.edit.text == "new words" and edit.content.edit.key.id == "G1"
+    with pytest.raises(Unsupported):
+        matrix_message({"m.new_content": {**new, "body": "cat.png"}}, reply_to=None, edit_of="G1")

@@ -131,7 +131,14 @@ class ElementUser(WaitsForEvents):
         return await self.send(room_id, "m.room.message", {"msgtype": "m.text", "body": text})
 
     async def send_file(
-        self, room_id: str, path: Path, content: dict[str, Any], thumbnail: Path | None = None
+        self,
+        room_id: str,
+        path: Path,
+        content: dict[str, Any],
+        thumbnail: Path | None = None,
+        *,
+        event_type: str = "m.room.message",
+        plain: bool = False,
     ) -> dict[str, str]:
         """A file as Element Web sends it: encrypted with matrix-encrypt-attachment in an
         encrypted room, uploaded, then the event (``content`` plus ``file`` or ``url``)."""
@@ -143,6 +150,8 @@ class ElementUser(WaitsForEvents):
             path=str(path),
             content=content,
             thumbnailPath=str(thumbnail) if thumbnail else None,
+            eventType=event_type,
+            plain=plain,
         )
 
     async def download(self, source: dict[str, Any], path: Path) -> dict[str, Any]:

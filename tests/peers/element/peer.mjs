@@ -10,9 +10,10 @@
 //   events  {name, since}                          -> {events, next}
 //   deviceStatus {name, userId, deviceId}          -> {known, signedByOwner}
 //   shield  {name, roomId, eventId}                -> {colour, reason}  (Element's shield)
-//   sendFile {name, roomId, path, content, thumbnailPath?} -> {eventId, url}
+//   sendFile {name, roomId, path, content, thumbnailPath?, eventType?, plain?} -> {eventId, url}
 //            the file (and its thumbnail) encrypted with matrix-encrypt-attachment, as
-//            Element Web does in encrypted rooms, uploaded, and sent as content + file
+//            Element Web does in encrypted rooms, uploaded, and sent as content + file;
+//            plain: uploaded as it is (a sticker from a pack), sent as content + url
 //   download {name, file?, url?, path}             -> {size, sha256}
 //            authenticated media (/_matrix/client/v1/media), decrypted when `file` is given
 //   stop    {name}                                 -> {}
@@ -104,9 +105,9 @@ function entryOf(name) {
   return entry;
 }
 
-async function upload(client, roomId, path, mimetype) {
+async function upload(client, roomId, path, mimetype, unencrypted = false) {
   const plain = await readFile(path);
-  const encrypted = client.getCrypto() && (await client.getCrypto().isEncryptionEnabledInRoom(roomId));
+  const encrypted = !unencrypted && client.getCrypto() && (await client.getCrypto().isEncryptionEnabledInRoom(roomId));
   if (!encrypted) {
     const { content_uri } = await client.uploadContent(plain, { type: mimetype, includeFilename: false });
     return { url: content_uri };
@@ -128,11 +129,11 @@ async function waitForRoom(client, roomId) {
 
 const ops = {
   login,
-  async sendFile({ name, roomId, path, content, thumbnailPath }) {
+  async sendFile({ name, roomId, path, content, thumbnailPath, eventType, plain }) {
     const { client } = entryOf(name);
     await waitForRoom(client, roomId);
     const mimetype = content.info?.mimetype ?? "application/octet-stream";
-    const main = await upload(client, roomId, path, mimetype);
+    const main = await upload(client, roomId, path, mimetype, plain);
     const body = { ...content, info: { ...(content.info ?? {}) } };
     if (main.file) body.file = main.file;
     else body.url = main.url;
@@ -141,7 +142,7 @@ const ops = {
       if (thumb.file) body.info.thumbnail_file = thumb.file;
       else body.info.thumbnail_url = thumb.url;
     }
-    const { event_id } = await client.sendEvent(roomId, "m.room.message", body);
+    const { event_id } = await client.sendEvent(roomId, eventType ?? "m.room.message", body);
     return { eventId: event_id, url: main.file?.url ?? main.url };
   },
   async download({ name, file, url, path }) {
