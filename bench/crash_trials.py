@@ -138,6 +138,7 @@ class Trial:
         data["homeserver"].update(address=f"http://127.0.0.1:{self.synapse_port}", domain="localhost")
         data["appservice"].update(address=bridge_base, port=self.bridge_port)
         data["database"]["uri"] = self.uri
+        data["bridge"]["media"]["directory"] = str(self.workdir / "partner-media")
         key = (await self.control("GET", "/noise_key"))["static_key"]
         data["gatekeeper"].update(
             base_url=self.sandbox_base,

@@ -73,7 +73,7 @@ class BridgeApp:
                 await self.connections.on_push(uvid)
 
         try:
-            self.media = media = PartnerMediaStore(config.media.directory, stores.partner_media)
+            self.media = media = PartnerMediaStore(config.media.directory, stores.partner_media, config.media.keep_days)
         except OSError as exc:
             raise StartupError(f"bridge.media.directory: cannot use {config.media.directory}: {exc}") from exc
         partner = PartnerServer(
@@ -126,7 +126,7 @@ class BridgeApp:
         await prune_retry_counts(self.db, now - self.config.retention.days * 86_400_000)
         await prune_seen(self.db, now - 7 * 86_400_000)
         if self.media is not None:
-            await self.media.collect(self.config.media.keep_days)
+            await self.media.collect()
 
     async def stop(self) -> None:
         self.jobs.cancel()

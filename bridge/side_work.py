@@ -49,3 +49,12 @@ class SideWork:
         if self._pool is not None:
             self._pool.shutdown(wait=False)
             self._pool = None
+
+    def abandon(self) -> None:
+        """After a failure: what is queued is dropped, the worker goes, nothing is raised."""
+        for pending in self._pending:
+            pending.cancel()
+        self._pending.clear()
+        if self._pool is not None:
+            self._pool.shutdown(wait=False, cancel_futures=True)
+            self._pool = None

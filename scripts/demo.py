@@ -81,6 +81,7 @@ async def main(directory: Path) -> None:
     if fresh:
         data["homeserver"]["domain"] = "localhost"
         data["database"]["uri"] = f"sqlite:///{directory / 'bridge.db'}"
+        data["bridge"]["media"]["directory"] = str(directory / "media")
         data["bridge"]["permissions"] = {"localhost": "user"}
     data["gatekeeper"]["static_key"] = static_key
     config_path.write_text(dump_yaml(data))

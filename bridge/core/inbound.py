@@ -24,6 +24,7 @@ from bridge.msgconv import convert
 
 from .errors import Refused
 from .matrix_api import SendStatus, StatusReport
+from .media import DownloadDelayed
 from .portal_loop import Work
 
 if TYPE_CHECKING:
@@ -149,6 +150,22 @@ class InboxWork(Work):
 
     async def attempted(self, error: BaseException) -> int:
         return await self.core.inbox.attempted(self.item_id, type(error).__name__)
+
+    async def waiting(self, error: BaseException) -> None:
+        """A peer's file the gatekeeper cannot hand over now: the user hears it is coming
+        (once per item), since everything after it in the chat waits behind it."""
+        if not isinstance(error, DownloadDelayed):
+            return
+        item = await self.core.inbox.get(self.item_id)
+        portal = await self.core.portals.get(item.receiver, item.peer) if item is not None else None
+        if item is None or portal is None or portal.room_id is None:
+            return
+        await self.core.matrix.send_notice(
+            portal.room_id,
+            f"⏳ A {error.noun} from this contact cannot be downloaded from {error.network} right now; the bridge "
+            "keeps trying, and it will appear here (with what came after it) once it is downloaded.",
+            txn_id=txn_id(item, "delayed"),
+        )
 
     async def give_up(self, error: BaseException) -> None:
         core = self.core

@@ -36,11 +36,11 @@ from bridge.gip.media import MAX_FILE_BYTES, MAX_IMAGE_BYTES
 from bridge.media import ffmpeg
 from bridge.media.errors import MediaError
 from bridge.media.images import Thumbnail, image_info, jpeg_thumbnail
-from bridge.media.sniff import base_type, effective_mimetype, sniff
+from bridge.media.sniff import base_type, effective_mimetype, sniff, valid_mimetype
 from bridge.msgconv import media as conv
 from bridge.msgconv.convert import Outgoing, Unsupported
 
-from .errors import Final, Refused
+from .errors import Final, Refused, Unavailable
 
 if TYPE_CHECKING:
     from .bridge import BridgeCore
@@ -51,9 +51,24 @@ GIP_THUMBNAIL_SIDE = 96
 # What Element shows in the timeline; larger images are scaled down to it.
 MATRIX_THUMBNAIL_SIDE = 800
 VOICE_MIMETYPE = "audio/ogg; codecs=opus"
+# A sender's preview is a small JPEG; anything else is not drawn.
+MAX_PREVIEW_BYTES = 256 * 1024
+MAX_PREVIEW_PIXELS = 4096 * 4096
 # Transfers at once over all portals: each holds up to two copies of a file on disk and a
 # core while it is encrypted; more would only share the same disk and cores.
 MAX_TRANSFERS = 4
+
+
+class DownloadDelayed(Unavailable):
+    """The gatekeeper cannot hand a peer's file over now (its media server is down, the
+    connection broke): waited out like any outage of the other side, uncounted, and told
+    to the user once. The file is kept there for 30 days; once it is gone, it is a
+    ``Final`` "expired"."""
+
+    def __init__(self, noun: str, network: str) -> None:
+        super().__init__(f"the {noun} cannot be downloaded from {network} right now")
+        self.noun = noun
+        self.network = network
 
 
 def limit_for(kind: str) -> int:
@@ -225,10 +240,11 @@ class MediaFlow:
                 size = await self.core.gatekeeper.download_media(mxid, kind, media, path)
             except GipError as exc:
                 raise self._download_failure(exc, noun) from None
-            except (aiohttp.ClientError, TimeoutError, OSError) as exc:
-                raise Refused("media_download", f"the {noun} could not be downloaded ({type(exc).__name__})") from None
-            mimetype = media.mimetype or sniff(path) or "application/octet-stream"
+            except (aiohttp.ClientError, TimeoutError, ConnectionError) as exc:
+                log.info("a %s download broke off: %s", noun, type(exc).__name__)
+                raise DownloadDelayed(noun, network) from None
             fetched = await self._describe(kind, media, path, scratch)
+            mimetype = fetched.mimetype or valid_mimetype(media.mimetype) or sniff(path) or "application/octet-stream"
             source = await self.core.matrix.upload_media(
                 room_id, path, mimetype=base_type(mimetype), filename=media.file_name or None
             )
@@ -269,6 +285,10 @@ class MediaFlow:
             return Final("expired", f"the {noun} is no longer on {self.core.network}'s servers (files expire)")
         if exc.code is GipErrorCode.TOO_LARGE:
             return Final("too_large", f"the {noun} is larger than it said")
+        if exc.code is GipErrorCode.BAD_REQUEST:
+            return Final("bad_media", f"the message does not say where the {noun} is")
+        if exc.code in (GipErrorCode.UNAVAILABLE, GipErrorCode.SERVER_ERROR, GipErrorCode.TIMEOUT):
+            return DownloadDelayed(noun, self.core.network)
         return Refused("media_download", f"the {noun} could not be downloaded from {self.core.network}")
 
     async def _describe(self, kind: str, media: Media, path: Path, scratch: Path) -> _Facts:
@@ -276,12 +296,12 @@ class MediaFlow:
         if kind == "image":
             try:
                 info = await asyncio.to_thread(image_info, path)
-                facts.width, facts.height = info.width, info.height
+                facts.width, facts.height, facts.mimetype = info.width, info.height, info.mimetype
                 facts.thumbnail = await asyncio.to_thread(jpeg_thumbnail, path, MATRIX_THUMBNAIL_SIDE)
             except MediaError as exc:
                 log.info("no thumbnail for an image: %s", exc.text)
                 facts.width, facts.height = media.width or None, media.height or None
-                facts.thumbnail = self._their_thumbnail(media)
+                facts.thumbnail = await self._their_thumbnail(media)
         elif kind == "video":
             facts.width, facts.height = media.width or None, media.height or None
             facts.duration_ms = media.seconds * 1000 or None
@@ -294,7 +314,7 @@ class MediaFlow:
                 facts.thumbnail = await asyncio.to_thread(jpeg_thumbnail, frame, MATRIX_THUMBNAIL_SIDE)
             except MediaError as exc:
                 log.info("no thumbnail made for a video: %s", exc.text)
-                facts.thumbnail = self._their_thumbnail(media)
+                facts.thumbnail = await self._their_thumbnail(media)
         elif kind == "audio":
             facts.duration_ms = media.seconds * 1000 or None
             if ffmpeg.available():
@@ -306,12 +326,14 @@ class MediaFlow:
                     log.info("could not read a voice note's length or shape: %s", exc.text)
         return facts
 
-    def _their_thumbnail(self, media: Media) -> Thumbnail | None:
-        """The sender's own preview, when the bridge cannot make one from the file."""
-        if not media.jpeg_thumbnail:
+    async def _their_thumbnail(self, media: Media) -> Thumbnail | None:
+        """The sender's own preview (a small JPEG), when the bridge cannot make one from
+        the file."""
+        preview = bytes(media.jpeg_thumbnail)
+        if not preview.startswith(b"\xff\xd8") or len(preview) > MAX_PREVIEW_BYTES:
             return None
         try:
-            return jpeg_thumbnail(bytes(media.jpeg_thumbnail), MATRIX_THUMBNAIL_SIDE)
+            return await asyncio.to_thread(jpeg_thumbnail, preview, MATRIX_THUMBNAIL_SIDE, 75, MAX_PREVIEW_PIXELS)
         except MediaError:
             return None
 
@@ -325,3 +347,4 @@ class _Facts:
     duration_ms: int | None = None
     waveform: bytes | None = None
     thumbnail: Thumbnail | None = None
+    mimetype: str | None = None  # what the bytes are, where the bridge could tell

@@ -17,13 +17,14 @@ from bridge.gip.content import Media
 from bridge.gip.errors import GipError, GipErrorCode
 from bridge.gip.media import MAC_LENGTH, MediaType, decrypt_to_file, whole_chunks
 
-# Slow links are fine; silence is not.
-TIMEOUT = aiohttp.ClientTimeout(total=None, sock_connect=30, sock_read=120)
-_DIRECT_PATH = re.compile(r"^/[A-Za-z0-9_\-./]{1,512}$")
+# GIP §7: a native's file is at /v/t<ref> on the gatekeeper, and nowhere else.
+_DIRECT_PATH = re.compile(r"^/v/t[A-Za-z0-9_-]{1,128}$")
+# Slow links are fine (the deadline allows 100 KB/s); silence and a trickle are not.
+MIN_RATE = 100_000
 
 
 def media_url(base_url: str, direct_path: str) -> str:
-    if not _DIRECT_PATH.match(direct_path) or ".." in direct_path or direct_path.startswith("//"):
+    if not _DIRECT_PATH.match(direct_path):
         raise GipError(GipErrorCode.BAD_REQUEST, "the media path is not one of the gatekeeper's")
     return base_url.rstrip("/") + direct_path
 
@@ -36,8 +37,9 @@ async def download(http: aiohttp.ClientSession, base_url: str, kind: str, media:
     if len(media.media_key) != 32 or len(media.file_enc_sha256) != 32:
         raise GipError(GipErrorCode.MEDIA_HASH, "the message does not say how to check the file")
     url = media_url(base_url, media.direct_path)
+    timeout = aiohttp.ClientTimeout(total=60 + media.file_length / MIN_RATE, sock_connect=30, sock_read=120)
     try:
-        async with http.get(url, timeout=TIMEOUT) as response:
+        async with http.get(url, timeout=timeout, allow_redirects=False) as response:
             if response.status in (404, 410):
                 raise GipError(GipErrorCode.NOT_FOUND, f"the gatekeeper answered {response.status}")
             if response.status != 200:

@@ -32,8 +32,11 @@ ORPHAN_GRACE_S = 3600.0
 
 
 class PartnerMediaStore:
-    def __init__(self, directory: Path, rows: PartnerMediaRows, clock: Callable[[], float] = time.time) -> None:
+    def __init__(
+        self, directory: Path, rows: PartnerMediaRows, keep_days: int = 30, clock: Callable[[], float] = time.time
+    ) -> None:
         self.directory = directory
+        self.keep_days = keep_days
         self._rows = rows
         self._clock = clock
         directory.mkdir(parents=True, exist_ok=True)
@@ -52,6 +55,7 @@ class PartnerMediaStore:
         try:
             info = await asyncio.to_thread(self._encrypt, media_type, source, partial)
             partial.replace(self._path(ref))
+            await asyncio.to_thread(self._sync_directory)  # the rename too survives a power cut
         except BaseException:
             partial.unlink(missing_ok=True)
             raise
@@ -66,21 +70,28 @@ class PartnerMediaStore:
             os.fsync(sink.fileno())
         return info
 
+    def _sync_directory(self) -> None:
+        descriptor = os.open(self.directory, os.O_RDONLY)
+        try:
+            os.fsync(descriptor)
+        finally:
+            os.close(descriptor)
+
     async def blob(self, ref: str) -> Path | None:
-        """The blob's file, while it is kept."""
+        """The blob's file, while it is kept (not past ``keep_days``, collected or not)."""
         if not REF.match(ref):
             return None
         row = await self._rows.get(ref)
-        if row is None:
+        if row is None or row.created_at < int(self._clock() * 1000) - self.keep_days * DAY_MS:
             return None
         path = self._path(ref)
         return path if path.is_file() else None
 
-    async def collect(self, keep_days: int, now_ms: int | None = None) -> int:
+    async def collect(self, now_ms: int | None = None) -> int:
         """Delete blobs older than ``keep_days`` and files a crash left without a row."""
         now = now_ms if now_ms is not None else int(self._clock() * 1000)
         removed = 0
-        while expired := await self._rows.expired(now - keep_days * DAY_MS):
+        while expired := await self._rows.expired(now - self.keep_days * DAY_MS):
             for ref in expired:
                 self._path(ref).unlink(missing_ok=True)
             await self._rows.delete(expired)

@@ -182,6 +182,10 @@ class MediaDecryptor:
         self._side.run(len(plaintext), self._plain_hash.update, plaintext)
         return plaintext
 
+    def close(self) -> None:
+        """Let the hashing worker go (after a failure; ``finalize`` does it otherwise)."""
+        self._side.abandon()
+
     def _hash_blob(self, chunk: bytes, ciphertext: bytes) -> None:
         self._blob_hash.update(chunk)
         self._mac.update(ciphertext)
@@ -255,6 +259,7 @@ async def decrypt_to_file(
     decryptor = MediaDecryptor(media_type, media_key, file_enc_sha256, file_sha256)
     partial = destination.with_name(destination.name + ".partial")
     length = 0
+    working: asyncio.Future[int] | None = None
 
     def step(out: BinaryIO, chunk: bytes) -> int:
         data = decryptor.update(chunk)
@@ -269,7 +274,6 @@ async def decrypt_to_file(
     try:
         with partial.open("wb") as out:
             # The crypto and the disk run in a worker thread while the next chunk arrives.
-            working: asyncio.Future[int] | None = None
             async for chunk in chunks:
                 if working is not None:
                     length += await working
@@ -279,6 +283,9 @@ async def decrypt_to_file(
             length += await asyncio.to_thread(last, out)
         partial.replace(destination)
     except BaseException:
+        if working is not None and not working.done():
+            await asyncio.wait([working])  # the worker still writes to the file
+        decryptor.close()
         partial.unlink(missing_ok=True)
         raise
     return length

@@ -30,6 +30,7 @@ _INPUT_GUARD = (
 )
 WAVEFORM_SAMPLES = 64
 WAVEFORM_RATE = 2000  # samples per second decoded for a waveform: plenty for 64 bars
+WAVEFORM_MAX_SECONDS = 900  # a voice note's shape is drawn from its first 15 minutes
 
 
 @dataclass(frozen=True)
@@ -60,15 +61,22 @@ async def _run(args: list[str], *, timeout: float = TIMEOUT) -> bytes:
     try:
         stdout, stderr = await asyncio.wait_for(process.communicate(), timeout)
     except TimeoutError:
-        with contextlib.suppress(ProcessLookupError):
-            process.kill()
-        await process.wait()
+        await _stop(process)
         raise MediaError(f"{Path(args[0]).name} took longer than {timeout:.0f} s") from None
+    except BaseException:
+        await _stop(process)  # cancelled: no ffmpeg outlives the transfer it worked for
+        raise
     if process.returncode != 0:
         # ffmpeg's own words about the container, never the media's content.
         last = stderr.decode(errors="replace").strip().splitlines()[-1:] or ["no message"]
         raise MediaError(f"{Path(args[0]).name} could not read the file ({last[0][:200]})")
     return stdout
+
+
+async def _stop(process: asyncio.subprocess.Process) -> None:
+    with contextlib.suppress(ProcessLookupError):
+        process.kill()
+    await asyncio.shield(process.wait())
 
 
 async def probe(path: Path) -> Probe:
@@ -145,7 +153,7 @@ async def waveform(source: Path, samples: int = WAVEFORM_SAMPLES) -> bytes:
     process = await asyncio.create_subprocess_exec(
         _tool("ffmpeg"),
         *("-hide_banner", "-loglevel", "error", *_INPUT_GUARD, "-i", str(source), "-map", "0:a:0"),
-        *("-ac", "1", "-ar", str(WAVEFORM_RATE), "-f", "s16le", "-"),
+        *("-t", str(WAVEFORM_MAX_SECONDS), "-ac", "1", "-ar", str(WAVEFORM_RATE), "-f", "s16le", "-"),
         stdin=asyncio.subprocess.DEVNULL,
         stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.DEVNULL,
@@ -168,9 +176,11 @@ async def waveform(source: Path, samples: int = WAVEFORM_SAMPLES) -> bytes:
                 )
             await process.wait()
     except TimeoutError:
-        process.kill()
-        await process.wait()
+        await _stop(process)
         raise MediaError("ffmpeg took too long to read the audio") from None
+    except BaseException:
+        await _stop(process)
+        raise
     if process.returncode != 0:
         raise MediaError("ffmpeg could not read the audio")
     return bars(peaks, samples)

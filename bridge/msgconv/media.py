@@ -18,7 +18,7 @@ from typing import Any
 
 from bridge.gip.content import Content, ContextInfo, Media
 
-from .convert import Outgoing, Unsupported
+from .convert import MAX_TEXT, Outgoing, Unsupported
 from .formatting import html_to_markup, markup_to_html
 
 # Matrix msgtype (or m.sticker, the event type) → the Content field that carries it.
@@ -36,6 +36,9 @@ MSC1767_WAVEFORM_MAX = 1024
 VOICE = "org.matrix.msc3245.voice"
 AUDIO_EXTRA = "org.matrix.msc1767.audio"
 KIND_NAMES = {"image": "photo", "video": "video", "audio": "audio message", "document": "file"}
+# A Matrix event is at most 64 KiB: what a peer sends is cut to fit, with a mark.
+MAX_CAPTION = 8000
+MAX_FILE_NAME = 255
 
 
 @dataclass(frozen=True)
@@ -86,7 +89,9 @@ def matrix_media(content: dict[str, Any]) -> MatrixMedia:
             caption = html_to_markup(content["formatted_body"])
         else:
             caption = body
-    file_name = filename or body
+    if len(caption) > MAX_TEXT:
+        raise Unsupported("com.beeper.unsupported_event", "The caption is too long for the gatekeeper.")
+    file_name = _cut((filename or body).strip(), MAX_FILE_NAME)
     audio = content.get(AUDIO_EXTRA) if isinstance(content.get(AUDIO_EXTRA), dict) else {}
     voice = kind == "audio" and (VOICE in content or "org.matrix.msc2516.voice" in content)
     raw_wave = audio.get("waveform")
@@ -102,7 +107,7 @@ def matrix_media(content: dict[str, Any]) -> MatrixMedia:
         file=file,
         mimetype=mimetype,
         size=_positive_int(info.get("size")),
-        file_name=file_name.strip() or _default_name(kind, mimetype),
+        file_name=file_name or _default_name(kind, mimetype),
         caption=caption.strip(),
         voice=voice,
         duration_ms=_positive_int(audio.get("duration")) or _positive_int(info.get("duration")),
@@ -112,21 +117,27 @@ def matrix_media(content: dict[str, Any]) -> MatrixMedia:
     )
 
 
-def waveform_to_gip(samples: Sequence[int], count: int = WAVEFORM_SAMPLES) -> bytes:
-    """MSC1767's waveform (any number of values, 0..1024) as GIP's 64 bytes of 0..100."""
-    if not samples:
-        return bytes(count)
+def resample(values: Sequence[int], count: int = WAVEFORM_SAMPLES) -> list[int]:
+    """``count`` values from any number: the largest of each stretch (zeros from none)."""
+    if not values:
+        return [0] * count
     out = []
     for i in range(count):
-        start = i * len(samples) // count
-        end = max((i + 1) * len(samples) // count, start + 1)
-        out.append(round(max(samples[start:end]) * 100 / MSC1767_WAVEFORM_MAX))
-    return bytes(min(100, value) for value in out)
+        start = i * len(values) // count
+        end = max((i + 1) * len(values) // count, start + 1)
+        out.append(max(values[start:end]))
+    return out
+
+
+def waveform_to_gip(samples: Sequence[int], count: int = WAVEFORM_SAMPLES) -> bytes:
+    """MSC1767's waveform (any number of values, 0..1024) as GIP's 64 bytes of 0..100."""
+    return bytes(min(100, round(value * 100 / MSC1767_WAVEFORM_MAX)) for value in resample(samples, count))
 
 
 def waveform_to_matrix(data: bytes) -> list[int]:
-    """GIP's 0..100 bars as MSC1767's 0..1024."""
-    return [round(min(value, 100) * MSC1767_WAVEFORM_MAX / 100) for value in data]
+    """GIP's bars (64 of 0..100; a peer may send another count) as MSC1767's 0..1024."""
+    bars = list(data) if len(data) == WAVEFORM_SAMPLES else resample(list(data))
+    return [round(min(value, 100) * MSC1767_WAVEFORM_MAX / 100) for value in bars]
 
 
 @dataclass(frozen=True)
@@ -193,9 +204,13 @@ def _default_name(kind: str, mimetype: str | None) -> str:
     return base + (extension or "")
 
 
+def _cut(text: str, limit: int) -> str:
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
 def matrix_media_content(kind: str, media: Media, fetched: FetchedMedia) -> dict[str, Any]:
     """The Matrix event content for a GIP media message, with full ``info``."""
-    file_name = media.file_name or _default_name(kind, fetched.mimetype)
+    file_name = _cut(media.file_name.replace("/", "_"), MAX_FILE_NAME) or _default_name(kind, fetched.mimetype)
     if kind == "audio" and media.ptt and not media.file_name:
         file_name = "Voice message.ogg"
     info: dict[str, Any] = {"mimetype": fetched.mimetype, "size": fetched.size}
@@ -212,8 +227,9 @@ def matrix_media_content(kind: str, media: Media, fetched: FetchedMedia) -> dict
             info["thumbnail_url"] = thumbnail["url"]
     content: dict[str, Any] = {"msgtype": MSGTYPE_OF_KIND[kind], "body": file_name, "info": info}
     if media.caption:
-        content.update(body=media.caption, filename=file_name)
-        formatted = markup_to_html(media.caption)
+        caption = _cut(media.caption, MAX_CAPTION)
+        content.update(body=caption, filename=file_name)
+        formatted = markup_to_html(caption)
         if formatted is not None:
             content.update(format="org.matrix.custom.html", formatted_body=formatted)
     elif kind == "document":

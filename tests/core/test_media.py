@@ -169,21 +169,27 @@ async def test_a_peers_file_that_fails_a_check_is_never_posted_nor_retried(
     assert not [p for p in harness.matrix.posts if p["kind"] == "message"] and harness.matrix.uploads == []
 
 
-async def test_a_failed_download_is_retried_then_explained(harness: Harness) -> None:
+async def test_a_download_the_gatekeeper_cannot_serve_now_is_waited_out_and_told_once(harness: Harness) -> None:
     harness.gatekeeper.files["/v/t3"] = b"%PDF-1.4 fine"
     unavailable = GipError(GipErrorCode.UNAVAILABLE, "the download broke off")
-    harness.gatekeeper.faults.add("download_media", unavailable, unavailable)
+    harness.gatekeeper.faults.add("download_media", *[unavailable] * 4)
     await receive(harness, "document", Media(direct_path="/v/t3", file_length=13, file_name="a.pdf"))
     await harness.until(lambda: any(p["kind"] == "message" for p in harness.matrix.posts))
-    assert harness.gatekeeper.downloads == 3
     await harness.core.settle()
+    # More failures than max_attempts (3 here): an outage of the other side does not count.
+    assert harness.gatekeeper.downloads == 5
     assert [p["content"]["body"] for p in harness.matrix.posts if p["kind"] == "message"] == ["a.pdf"]
+    told = [text for _, text in harness.matrix.notices if "right now" in text]
+    assert len(told) == 1 and "file" in told[0] and "WhatsApp" in told[0]
 
-    # Failing every time: tried max_attempts (3 here) times, then the user hears why.
-    harness.gatekeeper.faults.add("download_media", *[unavailable] * 3)
-    await receive(harness, "video", Media(direct_path="/v/t3", file_length=13))
+
+async def test_a_refused_download_is_retried_then_explained(harness: Harness) -> None:
+    harness.gatekeeper.files["/v/t5"] = b"x"
+    harness.gatekeeper.faults.add("download_media", *[GipError(GipErrorCode.FORBIDDEN, "403")] * 3)
+    await receive(harness, "video", Media(direct_path="/v/t5", file_length=1))
     await harness.until(lambda: any("could not be downloaded" in text for _, text in harness.matrix.notices))
-    assert harness.gatekeeper.downloads == 6
+    assert harness.gatekeeper.downloads == 3
+    assert not [p for p in harness.matrix.posts if p["kind"] == "message"]
 
 
 async def test_a_file_over_the_homeservers_limit_is_explained(harness: Harness) -> None:

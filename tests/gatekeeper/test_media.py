@@ -79,9 +79,12 @@ async def test_a_stored_blob_decrypts_to_the_file_and_is_collected_after_keep_da
     assert decrypted == plain.read_bytes() and info.file_length == 300_000
     assert await store.blob("../../etc/passwd") is None and await store.blob("x" * 32) is None
 
+    # Past keep_days it is no longer served, even before the collector came by.
+    later = PartnerMediaStore(store.directory, store._rows, clock=lambda: time.time() + 31 * DAY)
+    assert await later.blob(ref) is None
     now_ms = int(time.time() * 1000)
-    assert await store.collect(30, now_ms=now_ms + 29 * DAY * 1000) == 0
-    assert await store.collect(30, now_ms=now_ms + 31 * DAY * 1000) == 1
+    assert await store.collect(now_ms=now_ms + 29 * DAY * 1000) == 0
+    assert await store.collect(now_ms=now_ms + 31 * DAY * 1000) == 1
     assert await store.blob(ref) is None and not (store.directory / ref).exists()
 
 
@@ -105,7 +108,7 @@ async def test_the_collector_removes_what_a_crash_left_without_a_row(store: Part
         os.utime(store.directory / name, (old, old))
     (store.directory / ("C" * 32)).write_bytes(b"young: maybe still being written")
     os.utime(store.directory / kept, (old, old))
-    assert await store.collect(30) == 2
+    assert await store.collect() == 2
     assert sorted(p.name for p in store.directory.iterdir()) == sorted([kept, "C" * 32])
 
 

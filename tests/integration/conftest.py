@@ -90,6 +90,7 @@ async def build_stack(
     data["partner"]["integrator_id"] = INTEGRATOR
     data["partner"]["public_url"] = f"http://127.0.0.1:{bridge_port}"
     data["bridge"]["permissions"] = {"localhost": "user", "@admin:localhost": "admin"}
+    data["bridge"]["media"]["directory"] = str(root / "partner-media")
     data["logging"]["level"] = "WARNING"
     if tweak is not None:
         tweak(data)

@@ -319,9 +319,9 @@ async def test_the_media_endpoint_serves_only_the_gatekeepers_proxy(stack: Stack
     # Kept for keep_days, then collected: the gatekeeper's fetch finds nothing.
     store = stack.bridge.media
     assert await store.blob(ref) is not None
-    await store.collect(stack.bridge.config.media.keep_days, now_ms=int(time.time() * 1000) + 29 * 86_400_000)
+    await store.collect(now_ms=int(time.time() * 1000) + 29 * 86_400_000)
     assert await store.blob(ref) is not None
-    await store.collect(stack.bridge.config.media.keep_days, now_ms=int(time.time() * 1000) + 31 * 86_400_000)
+    await store.collect(now_ms=int(time.time() * 1000) + 31 * 86_400_000)
     assert await store.blob(ref) is None and not (store.directory / ref).exists()
     with pytest.raises(Exception, match="404"):
         await stack.sandbox.gatekeeper.proxy_partner_media(document["directPath"])
