@@ -72,7 +72,13 @@ class MatrixEventWork(Work):
     async def _mark_done(self) -> None:
         if not self._done:
             await self.connector.stores.matrix_events.mark_done(self.stored.id)
-            self._done = True
+            # Done once that write is durable: inside a batch it waits for the batch's round
+            # trip, which can still fail (the database restarting), and then nothing of the
+            # step was written; the next try must handle the event again, not skip it.
+            self.connector.stores.db.after_commit(self._handled)
+
+    def _handled(self) -> None:
+        self._done = True
 
     async def run(self) -> None:
         if self.delegate is not None:

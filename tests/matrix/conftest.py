@@ -2,6 +2,6 @@
 
 from __future__ import annotations
 
-from tests.db.conftest import db_uri
+from tests.db.conftest import db, db_uri
 
-__all__ = ["db_uri"]
+__all__ = ["db", "db_uri"]
