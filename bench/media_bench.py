@@ -43,7 +43,6 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bridge.core.media import MediaFlow
 from bridge.db.database import create_database
-from bridge.db.logins import Login, LoginState
 from bridge.db.sealed import Sealer
 from bridge.db.stores import Stores
 from bridge.db.upgrade import upgrade
@@ -53,7 +52,7 @@ from bridge.gip.content import Media
 from bridge.gip.media import CHUNK, MediaType
 from bridge.matrix.attachments import AttachmentEncryptor
 from bridge.matrix.media import HomeserverMedia
-from bridge.signal import IdentityKeyPair
+from tests.logins import enlisted_login
 from tests.sandbox.harness import free_port, start_sandbox
 
 OWNER = "@bench:localhost"
@@ -179,24 +178,7 @@ async def main() -> None:
         db = create_database(uri)
         await db.start()
         stores = Stores.create(db, Sealer(bytes(32)))
-        await stores.logins.insert(
-            Login(
-                mxid=OWNER,
-                uvid=OWNER,
-                iid="1-1@interop",
-                state=LoginState.ENLISTED,
-                consented_at=0,
-                eea_attested=True,
-                country="DE",
-                noise_private=bytes(32),
-                registration_id=1,
-                identity=IdentityKeyPair.generate(),
-                signed_pre_key_id=1,
-                next_pre_key_id=1,
-                management_room=None,
-                created_at=0,
-            )
-        )
+        await stores.logins.insert(enlisted_login(OWNER, iid="1-1@interop"))
         answers: Any = multiprocessing.get_context("fork").Queue()
         child = multiprocessing.get_context("fork").Process(target=other_side, args=(root, plain, answers), daemon=True)
         child.start()

@@ -15,15 +15,15 @@ from bridge.config import EXAMPLE_PATH, parse_config, read_yaml
 from bridge.core.bridge import BridgeCore
 from bridge.core.portal_loop import LoopPolicy, Work
 from bridge.db.database import Database, create_database
-from bridge.db.logins import Login, LoginState
+from bridge.db.logins import Login
 from bridge.db.sealed import Sealer
 from bridge.db.stores import Stores
 from bridge.db.upgrade import upgrade
 from bridge.gip.client import MessageEvent
 from bridge.gip.content import Content
 from bridge.gip.jid import Jid
-from bridge.signal import IdentityKeyPair
 from tests.core.fakes import RecordingGatekeeper, RecordingMatrix
+from tests.logins import enlisted_login
 
 ALICE = "@alice:test"
 PEER = "9@native"
@@ -130,22 +130,7 @@ async def harness(tmp_path: Path) -> AsyncIterator[Harness]:
     await db.start()
     matrix, gatekeeper = RecordingMatrix(), RecordingGatekeeper()
     core = build_core(db, matrix, gatekeeper)
-    login = Login(
-        mxid=ALICE,
-        uvid=ALICE,
-        iid="1-100@interop",
-        state=LoginState.ENLISTED,
-        consented_at=0,
-        eea_attested=True,
-        country="DE",
-        noise_private=bytes(32),
-        registration_id=1,
-        identity=IdentityKeyPair.generate(),
-        signed_pre_key_id=1,
-        next_pre_key_id=1,
-        management_room="!management:test",
-        created_at=0,
-    )
+    login = enlisted_login(ALICE, management_room="!management:test")
     await core.logins.insert(login)
     gatekeeper.online.add(ALICE)
     await core.start()

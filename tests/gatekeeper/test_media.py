@@ -14,7 +14,6 @@ import aiohttp
 import pytest
 
 from bridge.db.database import create_database
-from bridge.db.logins import Login, LoginState
 from bridge.db.sealed import Sealer
 from bridge.db.stores import Stores
 from bridge.db.upgrade import upgrade
@@ -23,7 +22,7 @@ from bridge.gatekeeper.media_store import ORPHAN_GRACE_S, PartnerMediaStore
 from bridge.gip.content import Media
 from bridge.gip.errors import GipError, GipErrorCode
 from bridge.gip.media import MAX_IMAGE_BYTES, MediaType, decrypt_bytes
-from bridge.signal import IdentityKeyPair
+from tests.logins import enlisted_login
 from tests.sandbox.harness import Sandbox, free_port, start_sandbox, stop_sandbox
 
 OWNER = "@alice:test"
@@ -37,22 +36,7 @@ async def store(tmp_path: Path) -> AsyncIterator[PartnerMediaStore]:
     db = create_database(uri)
     await db.start()
     stores = Stores.create(db, Sealer(bytes(range(32))))
-    login = Login(
-        mxid=OWNER,
-        uvid=OWNER,
-        iid="1-1@interop",
-        state=LoginState.ENLISTED,
-        consented_at=0,
-        eea_attested=True,
-        country="DE",
-        noise_private=bytes(32),
-        registration_id=1,
-        identity=IdentityKeyPair.generate(),
-        signed_pre_key_id=1,
-        next_pre_key_id=1,
-        management_room=None,
-        created_at=0,
-    )
+    login = enlisted_login(OWNER, iid="1-1@interop")
     await stores.logins.insert(login)
     yield PartnerMediaStore(tmp_path / "media", stores.partner_media)
     await db.close()

@@ -29,6 +29,7 @@ from bridge.gip.media import MediaType, decrypt_bytes
 from bridge.gip.tokens import SigningKey, issue_gatekeeper_token
 from tests.integration.conftest import Stack
 from tests.integration.test_bridge import log_in, open_chat
+from tests.integration.test_chat_features import native_events
 from tests.peers.element_peer import ElementPeer, ElementUser
 
 pytestmark = pytest.mark.asyncio(loop_scope="session")
@@ -81,16 +82,6 @@ async def chat(stack: Stack, element: ElementPeer) -> tuple[ElementUser, str, di
     return user, portal, native, login.iid
 
 
-async def native_events(stack: Stack, native: dict, kind: str, count: int, timeout: float = 60) -> list[dict]:
-    events: list[dict] = []
-    for _ in range(int(timeout * 10)):
-        events = await stack.sandbox.events(native["iid"], kind)
-        if len(events) >= count:
-            return events
-        await asyncio.sleep(0.1)
-    raise AssertionError(f"the native saw {len(events)} {kind} events, expected {count}")
-
-
 async def native_sends(stack: Stack, native: dict, to: str, **media: Any) -> str:
     sent = await stack.sandbox.control("POST", f"/natives/{native['iid']}/send", {"to": to, "media": media})
     return sent["id"]
@@ -140,8 +131,8 @@ async def test_every_kind_from_element_arrives_byte_for_byte(stack: Stack, chat,
     )
     await status_of(user, sticker["eventId"])
     sends.append(("photo.png", {}))
-    messages = await native_events(stack, native, "message", len(sends))
-    fetched = {e["id"]: e for e in await native_events(stack, native, "media", len(sends))}
+    messages = await native_events(stack, native, "message", len(sends), timeout=60)
+    fetched = {e["id"]: e for e in await native_events(stack, native, "media", len(sends), timeout=60)}
     assert all(f["ok"] for f in fetched.values()), fetched
     image, video, audio, document, sticker_sent = (m["content"] for m in messages[-len(sends) :])
     assert sticker_sent["image"]["width"] == 640 and sticker_sent["image"]["jpegThumbnail"]
@@ -179,7 +170,7 @@ async def test_a_voice_note_in_m4a_arrives_as_ogg_opus_with_duration_and_wavefor
     }
     sent = await user.send_file(portal, files["voice.m4a"], content)
     await status_of(user, sent["eventId"])
-    message = (await native_events(stack, native, "message", before + 1))[-1]
+    message = (await native_events(stack, native, "message", before + 1, timeout=60))[-1]
     voice = message["content"]["audio"]
     assert voice["ptt"] is True and voice["mimetype"] == "audio/ogg; codecs=opus" and voice["seconds"] == 3
     waveform = base64.b64decode(voice["waveform"])
@@ -209,7 +200,7 @@ async def test_every_kind_from_the_native_arrives_in_element_with_thumbnails(
     user, portal, native, iid = chat
     question = await user.say(portal, "send me everything")
     await status_of(user, question)
-    asked = (await native_events(stack, native, "message", 1))[-1]["id"]
+    asked = (await native_events(stack, native, "message", 1, timeout=60))[-1]["id"]
 
     def data(name: str) -> str:
         return base64.b64encode(files[name].read_bytes()).decode()
@@ -303,7 +294,7 @@ async def test_the_media_endpoint_serves_only_the_gatekeepers_proxy(stack: Stack
     before = len(await stack.sandbox.events(native["iid"], "message"))
     sent = await user.send_file(portal, files["doc.pdf"], {"msgtype": "m.file", "body": "doc.pdf", "info": {}})
     await status_of(user, sent["eventId"])
-    document = (await native_events(stack, native, "message", before + 1))[-1]["content"]["document"]
+    document = (await native_events(stack, native, "message", before + 1, timeout=60))[-1]["content"]["document"]
     ref = document["directPath"].strip("/").split("/")[-1]
     url = f"{stack.bridge.config.partner_public_url}/media/{ref}"
     async with stack.http.get(url) as response:
