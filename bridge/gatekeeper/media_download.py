@@ -53,6 +53,7 @@ async def download(http: aiohttp.ClientSession, base_url: str, kind: str, media:
                 media_key=bytes(media.media_key),
                 file_enc_sha256=bytes(media.file_enc_sha256),
                 file_sha256=bytes(media.file_sha256) or None,
+                expected_length=media.file_length or None,
             )
     except (aiohttp.ClientError, TimeoutError) as exc:
         raise GipError(GipErrorCode.UNAVAILABLE, f"the download broke off ({type(exc).__name__})") from None

@@ -251,8 +251,10 @@ async def decrypt_to_file(
     media_key: bytes,
     file_enc_sha256: bytes,
     file_sha256: bytes | None = None,
+    expected_length: int | None = None,
 ) -> int:
-    """Decrypt a streamed blob into ``destination``, which appears only if every check passed.
+    """Decrypt a streamed blob into ``destination``, which appears only if every check passed
+    (with ``expected_length``, the length the message said, too).
 
     Returns the plaintext length. On any failure nothing is left at ``destination``.
     """
@@ -281,6 +283,8 @@ async def decrypt_to_file(
             if working is not None:
                 length += await working
             length += await asyncio.to_thread(last, out)
+            if expected_length is not None and length != expected_length:
+                raise GipError(GipErrorCode.MEDIA_HASH, "the file is not as long as its message says")
         partial.replace(destination)
     except BaseException:
         if working is not None and not working.done():

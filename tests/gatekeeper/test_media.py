@@ -121,6 +121,14 @@ async def test_downloads_are_checked_and_refused_when_tampered_or_expired(sandbo
         assert excinfo.value.code is GipErrorCode.MEDIA_HASH and not (tmp_path / "bad").exists()
         assert not (tmp_path / "bad.partial").exists()
 
+        # A length that is not the file's: refused like a failed hash.
+        lying = Media()
+        lying.CopyFrom(good)
+        lying.file_length = good.file_length - 1
+        with pytest.raises(GipError) as excinfo:
+            await download(http, sandbox.base, "image", lying, tmp_path / "short")
+        assert excinfo.value.code is GipErrorCode.MEDIA_HASH and not (tmp_path / "short").exists()
+
         # Another's key: the hash of the blob matches, the MAC does not.
         wrong_key = Media()
         wrong_key.CopyFrom(good)
