@@ -2,16 +2,30 @@
 
 Shared by the bridge and the sandbox: a task nobody references can be garbage-collected
 mid-flight, and one whose exception nobody reads fails silently.
+
+Every such task starts in a context of its own (:func:`detached`). asyncio copies the
+creator's context variables into a new task, and the databases keep the connection of an
+open transaction in one: a task started inside a transaction (a portal loop woken by a
+receipt stored with a Signal session, a status posted while mautrix holds a connection)
+would go on using that connection after the transaction handed it back, beside its next
+user ("another operation is in progress"), or believe itself inside a transaction that
+has long committed.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import logging
 from collections.abc import Awaitable, Callable
 from typing import Any
 
 log = logging.getLogger(__name__)
+
+
+def detached(coro: Any, name: str | None = None) -> asyncio.Task[Any]:
+    """A task that inherits no context variables (no transaction, no connection)."""
+    return asyncio.get_running_loop().create_task(coro, name=name, context=contextvars.Context())
 
 
 class BackgroundTasks:
@@ -25,7 +39,7 @@ class BackgroundTasks:
             except Exception:
                 log.exception("background task %s failed", name)
 
-        task = asyncio.get_running_loop().create_task(run(), name=name)
+        task = detached(run(), name)
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
@@ -57,7 +71,7 @@ class BackgroundTasks:
                     log.exception("periodic job %s failed; it runs again in %.0f s", name, interval)
                 await asyncio.sleep(interval)
 
-        task = asyncio.get_running_loop().create_task(rounds(), name=name)
+        task = detached(rounds(), name)
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 

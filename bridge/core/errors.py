@@ -69,7 +69,13 @@ def is_transient(error: BaseException) -> bool:
         return True
     if isinstance(error, GipError):
         return error.code in _GIP_TRANSIENT or error.code is GipErrorCode.RATE_LIMITED
-    if isinstance(error, asyncpg.PostgresConnectionError | asyncpg.InterfaceError | asyncpg.CannotConnectNowError):
+    if isinstance(
+        error,
+        asyncpg.PostgresConnectionError
+        | asyncpg.InterfaceError
+        | asyncpg.CannotConnectNowError
+        | asyncpg.InternalClientError,  # a connection the server's restart left in a bad state
+    ):
         return True
     if isinstance(error, asyncpg.PostgresError):
         # Admin shutdown, too many connections, a failover: the server, not the query.

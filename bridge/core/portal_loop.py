@@ -23,6 +23,8 @@ from collections import deque
 from collections.abc import Awaitable, Callable, Hashable
 from dataclasses import dataclass, field
 
+from bridge.tasks import detached
+
 from .errors import Final, is_transient, retry_after
 
 log = logging.getLogger(__name__)
@@ -120,7 +122,8 @@ class PortalLoops:
             loop.queue.append(work)
         loop.arrived.set()
         if loop.task is None or loop.task.done():
-            loop.task = asyncio.get_running_loop().create_task(self._run(loop), name=f"portal loop {key}")
+            # Its own context: a loop may be started inside a caller's transaction.
+            loop.task = detached(self._run(loop), f"portal loop {key}")
 
     def wake(self, predicate: Callable[[LoopKey], bool] = lambda key: True) -> None:
         """Cut the backoff of the matching loops short (the connection came back, say)."""

@@ -18,6 +18,8 @@ import asyncio
 import contextlib
 import logging
 
+from bridge.tasks import detached
+
 from .database import Database, Statement
 
 log = logging.getLogger(__name__)
@@ -43,7 +45,7 @@ class LaterWrites:
         self._waiting.append((query, args))
         self._drained.clear()
         if self._flusher is None or self._flusher.done():
-            self._flusher = asyncio.get_running_loop().create_task(self._flush_soon(), name="later writes")
+            self._flusher = detached(self._flush_soon(), "later writes")
         if len(self._waiting) >= self._limit:
             await self._drained.wait()
 
@@ -90,7 +92,7 @@ class LaterWrites:
         """Write what waits now, and return once it landed (shutdown, tests)."""
         while self._waiting or (self._flusher is not None and not self._flusher.done()):
             if self._flusher is None or self._flusher.done():
-                self._flusher = asyncio.get_running_loop().create_task(self._flush_soon())
+                self._flusher = detached(self._flush_soon(), "later writes")
             self._now.set()
             with contextlib.suppress(asyncio.CancelledError):
                 await asyncio.shield(self._flusher)

@@ -35,6 +35,7 @@ from bridge.gip.errors import GipError, GipErrorCode
 from bridge.gip.noise import StaticKey
 from bridge.locks import KeyedLock
 from bridge.signal import SignedPreKeyRecord, generate_prekeys, next_prekey_id
+from bridge.tasks import detached
 
 from .state import EXPLANATIONS, ConnectionState, StateChange
 from .tokens import TokenIssuer
@@ -305,7 +306,7 @@ class ConnectionManager:
             yield
 
     def spawn_upkeep(self, coro: object, name: str) -> None:
-        task = asyncio.get_running_loop().create_task(coro, name=name)  # type: ignore[arg-type]
+        task = detached(coro, name)
         self._upkeep.add(task)
         task.add_done_callback(self._upkeep.discard)
 

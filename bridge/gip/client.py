@@ -49,6 +49,7 @@ from bridge.signal import (
     StagedSignalStore,
     generate_prekeys,
 )
+from bridge.tasks import detached
 
 from . import stanzas as st
 from .content import Content, decode_content, encode_content
@@ -253,7 +254,7 @@ class GipClient:
         return f"{self._prefix}{next(self._ids):x}".upper()
 
     def _spawn(self, coro: Awaitable[Any], name: str) -> None:
-        task = asyncio.get_running_loop().create_task(coro, name=name)  # type: ignore[arg-type]
+        task = detached(coro, name)
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 

@@ -37,6 +37,8 @@ from mautrix.types import (
     UserID,
 )
 
+from bridge.tasks import detached
+
 log = logging.getLogger(__name__)
 INBOUND_CACHE = 4096
 FLUSH_DELAY = 1.0
@@ -125,7 +127,7 @@ class CachedCryptoStore(PgCryptoStore):
             # The same session object again: decryption noted which index it saw.
             self._dirty[key] = (sender_key, session)
             if self._flush_task is None or self._flush_task.done():
-                self._flush_task = asyncio.get_running_loop().create_task(self._flush_later())
+                self._flush_task = detached(self._flush_later(), "crypto store flush")
             return
         self._dirty.pop(key, None)
         with self._writes.writing():

@@ -60,6 +60,9 @@ class MautrixDatabases:
             # As for the bridge's own pool: mautrix keeps no session state on a connection,
             # and asyncpg's reset query would cost a round trip per statement.
             args["reset"] = no_reset
+            # mautrix exits the process on an asyncpg internal error; the bridge lets the
+            # statement fail instead, and the work it was part of is tried again.
+            args["meow_exit_on_ice"] = False
         self.state = Database.create(
             url, upgrade_table=PgASStateStore.upgrade_table, db_args=dict(args), log=logging.getLogger("mau.db")
         )

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import time
 
+import asyncpg
 import pytest
 
 from bridge.core.errors import Refused, RetryAfter, Unavailable
@@ -154,7 +155,16 @@ async def test_the_loop_survives_a_failing_failure_path_and_stop_drains_the_head
     assert "try after stop" not in log
 
 
-@pytest.mark.parametrize("error", [Unavailable("x"), ConnectionResetError(), TimeoutError()])
+@pytest.mark.parametrize(
+    "error",
+    [
+        Unavailable("x"),
+        ConnectionResetError(),
+        TimeoutError(),
+        # What asyncpg says of a connection a Postgres restart left mid-operation.
+        asyncpg.InternalClientError("cannot switch to state 12; another operation (2) is in progress"),
+    ],
+)
 async def test_transient_errors_are_recognised(error: BaseException) -> None:
     from bridge.core.errors import is_transient
 

@@ -183,3 +183,31 @@ async def test_a_batch_carries_its_writes_in_one_round_trip_all_or_nothing(db: D
     with pytest.raises(RuntimeError):
         await failing()
     assert await db.fetchval("SELECT count(*) FROM kv WHERE name = 'e'") == 0
+
+
+async def test_a_loop_started_inside_a_transaction_does_not_run_inside_it(db: Database) -> None:
+    """asyncio copies the creator's context into a new task, and the database keeps its
+    transaction (and on Postgres its connection) in one: a portal loop started inside a
+    transaction must not go on using them once that transaction is over."""
+    from bridge.core.portal_loop import LoopPolicy, PortalLoops, Work
+
+    seen: list[bool] = []
+    committed = asyncio.Event()
+
+    class Later(Work):
+        async def run(self) -> None:
+            await committed.wait()
+            seen.append(db.in_transaction)
+            await db.execute("INSERT INTO kv (name, value, updated_at) VALUES ($1, $2, 0)", "loop", "ran")
+
+    loops = PortalLoops(LoopPolicy(idle_exit=0.2))
+    try:
+        async with db.transaction():
+            await db.execute("INSERT INTO kv (name, value, updated_at) VALUES ($1, $2, 0)", "tx", "1")
+            loops.submit("key", Later())
+        committed.set()
+        await loops.settle()
+        assert seen == [False]
+        assert await db.fetchval("SELECT value FROM kv WHERE name = $1", "loop") == "ran"
+    finally:
+        await loops.stop()
