@@ -73,7 +73,12 @@ class BridgeApp:
                 await self.connections.on_push(uvid)
 
         try:
-            self.media = media = PartnerMediaStore(config.media.directory, stores.partner_media, config.media.keep_days)
+            self.media = media = PartnerMediaStore(
+                config.media.directory,
+                stores.partner_media,
+                config.media.keep_days,
+                quota_bytes=config.media.quota_bytes,
+            )
         except OSError as exc:
             raise StartupError(f"bridge.media.directory: cannot use {config.media.directory}: {exc}") from exc
         partner = PartnerServer(

@@ -142,6 +142,7 @@ class MediaConfig:
     directory: Path = Path("media")
     temp_directory: Path | None = None
     keep_days: int = 30
+    quota_bytes: int | None = 2048 << 20  # per user in the store; None: no limit
 
 
 @dataclass(frozen=True)
@@ -381,7 +382,10 @@ def _media(data: Any) -> MediaConfig:
     keep_days = _positive(data, "bridge.media.keep_days")
     if keep_days > 30:
         raise ConfigError("bridge.media.keep_days: the gatekeeper keeps media 30 days at most; use 30 or less")
-    return MediaConfig(Path(directory), Path(temp) if temp else None, keep_days)
+    quota = _get(data, "bridge.media.quota_mib", int)
+    if quota < 0:
+        raise ConfigError("bridge.media.quota_mib: must be 0 (no limit) or more")
+    return MediaConfig(Path(directory), Path(temp) if temp else None, keep_days, quota << 20 if quota else None)
 
 
 def _encryption(data: Any) -> EncryptionConfig:

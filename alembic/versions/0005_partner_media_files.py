@@ -31,9 +31,11 @@ def upgrade() -> None:
         sa.Column("created_at", sa.BigInteger, nullable=False),
     )
     op.create_index("partner_media_created", "partner_media", ["created_at"])
+    op.create_index("partner_media_owner", "partner_media", ["owner"])
 
 
 def downgrade() -> None:
+    op.drop_index("partner_media_owner", table_name="partner_media")
     op.drop_index("partner_media_created", table_name="partner_media")
     op.drop_table("partner_media")
     op.create_table(

@@ -123,6 +123,8 @@ class MediaFlow:
             try:
                 uploaded = await self.core.gatekeeper.upload_media(mxid, prepared.kind, path)
             except GipError as exc:
+                if exc.code is GipErrorCode.QUOTA:
+                    raise Unsupported("com.beeper.unsupported_event", f"The {noun} was not sent: {exc.text}.") from None
                 if exc.code is GipErrorCode.TOO_LARGE:
                     raise Unsupported(
                         "com.beeper.unsupported_event", self._too_large(noun, final_size, limit)

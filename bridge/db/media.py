@@ -37,6 +37,10 @@ class PartnerMediaRows:
         row = await self._db.fetchrow("SELECT ref, owner, size, created_at FROM partner_media WHERE ref = $1", ref)
         return PartnerMediaRow(row["ref"], row["owner"], row["size"], row["created_at"]) if row else None
 
+    async def used_by(self, owner: str) -> int:
+        """Bytes of ``owner``'s blobs in the store."""
+        return int(await self._db.fetchval("SELECT COALESCE(SUM(size), 0) FROM partner_media WHERE owner = $1", owner))
+
     async def expired(self, before_ms: int, limit: int = 1000) -> list[str]:
         rows = await self._db.fetch(
             "SELECT ref FROM partner_media WHERE created_at < $1 ORDER BY created_at LIMIT $2", before_ms, limit

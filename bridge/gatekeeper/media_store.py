@@ -22,6 +22,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from bridge.db.media import PartnerMediaRow, PartnerMediaRows
+from bridge.gip.errors import GipError, GipErrorCode
 from bridge.gip.media import EncryptedMedia, MediaType, encrypt_file, file_chunks
 
 log = logging.getLogger(__name__)
@@ -33,10 +34,16 @@ ORPHAN_GRACE_S = 3600.0
 
 class PartnerMediaStore:
     def __init__(
-        self, directory: Path, rows: PartnerMediaRows, keep_days: int = 30, clock: Callable[[], float] = time.time
+        self,
+        directory: Path,
+        rows: PartnerMediaRows,
+        keep_days: int = 30,
+        clock: Callable[[], float] = time.time,
+        quota_bytes: int | None = None,
     ) -> None:
         self.directory = directory
         self.keep_days = keep_days
+        self.quota_bytes = quota_bytes
         self._rows = rows
         self._clock = clock
         directory.mkdir(parents=True, exist_ok=True)
@@ -48,8 +55,18 @@ class PartnerMediaStore:
         """Encrypt ``source`` into the store; returns its ref and how it was encrypted.
 
         Raises:
-            GipError: TOO_LARGE over the profile's limit (nothing is left behind).
+            GipError: TOO_LARGE over the profile's limit, QUOTA when the user's files
+                would take more than ``quota_bytes`` (nothing is left behind).
         """
+        if self.quota_bytes is not None:
+            used = await self._rows.used_by(owner)
+            size = source.stat().st_size
+            if used + size > self.quota_bytes:
+                raise GipError(
+                    GipErrorCode.QUOTA,
+                    f"your files waiting for the other side take {used / (1 << 20):.0f} MiB, and the bridge keeps at "
+                    f"most {self.quota_bytes / (1 << 20):.0f} MiB per person for {self.keep_days} days",
+                )
         ref = secrets.token_urlsafe(24)
         partial = self.directory / f"{ref}.partial"
         try:

@@ -30,6 +30,7 @@ class GipErrorCode(Enum):
     DECRYPT = "decrypt"
     MEDIA_HASH = "media_hash"
     MEDIA_MAC = "media_mac"
+    QUOTA = "quota"  # the Partner media store holds as much of a user's files as it may
     TOKEN = "token"  # noqa: S105 - an error code, not a secret
     CLOSED = "closed"
     TIMEOUT = "timeout"

@@ -136,6 +136,16 @@ async def test_a_file_that_cannot_go_fails_with_a_status_and_a_notice(
     assert harness.gatekeeper.uploads == [] and harness.gatekeeper.delivered == []
 
 
+async def test_a_file_over_the_users_quota_is_refused_with_a_notice(harness: Harness) -> None:
+    harness.matrix.media["mxc://hs/q"] = b"%PDF-1.4"
+    quota = GipError(GipErrorCode.QUOTA, "your files waiting for the other side take 2048 MiB")
+    harness.gatekeeper.faults.add("upload_media", quota)
+    event_id = await send_matrix(harness, {"msgtype": "m.file", "body": "q.pdf", "url": "mxc://hs/q", "info": {}})
+    report = await final_status(harness, event_id)
+    assert report.status is SendStatus.FAIL_PERMANENT and "2048 MiB" in report.message
+    assert any("2048 MiB" in text for _, text in harness.matrix.notices)
+
+
 async def test_a_peers_image_is_posted_with_a_thumbnail(harness: Harness) -> None:
     harness.gatekeeper.files["/v/t1"] = png(1600, 1200)
     await receive(harness, "image", Media(direct_path="/v/t1", file_length=1, mimetype="image/png", caption="*hi*"))

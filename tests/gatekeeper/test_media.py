@@ -151,3 +151,17 @@ def test_a_peer_cannot_point_the_bridge_elsewhere(path: str) -> None:
         media_url("https://gk.example", path)
     assert excinfo.value.code is GipErrorCode.BAD_REQUEST
     assert media_url("https://gk.example/", "/v/tAbC_-1") == "https://gk.example/v/tAbC_-1"
+
+
+async def test_a_users_files_in_the_store_are_held_to_the_quota(store: PartnerMediaStore, tmp_path: Path) -> None:
+    quota = PartnerMediaStore(store.directory, store._rows, quota_bytes=1 << 20)
+    plain = tmp_path / "plain"
+    plain.write_bytes(os.urandom(600_000))
+    await quota.encrypt_into(OWNER, MediaType.DOCUMENT, plain)
+    with pytest.raises(GipError) as excinfo:
+        await quota.encrypt_into(OWNER, MediaType.DOCUMENT, plain)
+    assert excinfo.value.code is GipErrorCode.QUOTA and "at most 1 MiB per person" in excinfo.value.text
+    assert len(list(store.directory.iterdir())) == 1  # the refused one left nothing
+    # Once the first has left the store, there is room again.
+    await quota.collect(now_ms=int(time.time() * 1000) + 31 * DAY * 1000)
+    await quota.encrypt_into(OWNER, MediaType.DOCUMENT, plain)
