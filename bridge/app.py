@@ -29,6 +29,7 @@ from bridge.gatekeeper.tokens import TokenIssuer
 from bridge.gip.tokens import JwksFetcher
 from bridge.matrix.connector import MatrixConnector, StartupError
 from bridge.matrix.crypto_intake import prune_seen
+from bridge.metrics import MetricsServer
 from bridge.tasks import BackgroundTasks
 
 log = logging.getLogger(__name__)
@@ -45,6 +46,7 @@ class BridgeApp:
         self.core: BridgeCore | None = None
         self.connections: ConnectionManager | None = None
         self.media: PartnerMediaStore | None = None
+        self.metrics_server: MetricsServer | None = None
         self.jobs = BackgroundTasks()
 
     async def start(self) -> None:
@@ -69,6 +71,8 @@ class BridgeApp:
                 return await response.read()
 
         async def on_push(uvid: str) -> None:
+            if self.core is not None:
+                self.core.metrics.pushed()
             if self.connections is not None:
                 await self.connections.on_push(uvid)
 
@@ -115,6 +119,12 @@ class BridgeApp:
         await self.matrix.open_rooms()
         await core.tell_revoked()
         await self.connections.start()
+        if config.metrics.enabled:
+            self.metrics_server = MetricsServer(core.metrics, config.metrics.host, config.metrics.port)
+            try:
+                await self.metrics_server.start()
+            except OSError as exc:
+                raise StartupError(f"metrics.listen: cannot listen on it: {exc}") from exc
         self.jobs.every(RETENTION_INTERVAL, self.retention, "retention", first=60)
         log.info("bridge running: %s on %s:%s", config.appservice_id, config.hostname, config.port)
         if config.gatekeeper_static_key is None:
@@ -135,6 +145,8 @@ class BridgeApp:
 
     async def stop(self) -> None:
         self.jobs.cancel()
+        if self.metrics_server is not None:
+            await self.metrics_server.stop()
         if self.matrix is not None:
             await self.matrix.stop_listening()
         if self.connections is not None:

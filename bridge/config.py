@@ -146,6 +146,15 @@ class MediaConfig:
 
 
 @dataclass(frozen=True)
+class MetricsConfig:
+    """``metrics``: the Prometheus endpoint, off by default."""
+
+    enabled: bool = False
+    host: str = "127.0.0.1"
+    port: int = 9139
+
+
+@dataclass(frozen=True)
 class BridgeConfig:
     homeserver_address: str
     homeserver_domain: str
@@ -179,6 +188,7 @@ class BridgeConfig:
     limits: LimitsConfig = LimitsConfig()
     connections: ConnectionsConfig = ConnectionsConfig()
     media: MediaConfig = MediaConfig()
+    metrics: MetricsConfig = MetricsConfig()
 
     @property
     def bot_mxid(self) -> str:
@@ -333,6 +343,7 @@ def parse_config(data: Any, *, require_tokens: bool = True) -> BridgeConfig:
             backoff_cap_seconds=float(_positive(data, "bridge.delivery.backoff_cap_seconds")),
         ),
         media=_media(data),
+        metrics=_metrics(data),
         connections=ConnectionsConfig(
             max=_positive(data, "gatekeeper.connections.max"),
             concurrent_connects=_positive(data, "gatekeeper.connections.concurrent_connects"),
@@ -372,6 +383,15 @@ def _positive(data: Any, path: str) -> int:
     if value < 1:
         raise ConfigError(f"{path}: must be at least 1")
     return value
+
+
+def _metrics(data: Any) -> MetricsConfig:
+    enabled = _get(data, "metrics.enabled", bool)
+    listen = _get(data, "metrics.listen", str).strip()
+    host, _, port = listen.rpartition(":")
+    if not host or not port.isdigit() or not 1 <= int(port) <= 65535:
+        raise ConfigError(f"metrics.listen: must be host:port, got {listen!r}")
+    return MetricsConfig(enabled, host.strip("[]"), int(port))
 
 
 def _media(data: Any) -> MediaConfig:

@@ -38,6 +38,7 @@ from bridge.gip.client import (
 from bridge.gip.errors import GipErrorCode
 from bridge.gip.jid import Jid
 from bridge.locks import KeyedLock
+from bridge.metrics import Metrics
 from bridge.tasks import BackgroundTasks
 
 from .gatekeeper_api import GatekeeperAPI
@@ -77,6 +78,22 @@ class Texts:
         "⚠️ A message from this contact could not be decrypted, even after asking their phone to send it again "
         f"{st.MAX_RETRY_COUNT} times. Ask them to send it once more."
     )
+
+
+class RecentIds:
+    """The last ``size`` ids seen, in order: a bounded memory of what was just done."""
+
+    def __init__(self, size: int = 10_000) -> None:
+        self._ids: dict[int, None] = {}
+        self._size = size
+
+    def add(self, item_id: int) -> None:
+        self._ids[item_id] = None
+        if len(self._ids) > self._size:
+            del self._ids[next(iter(self._ids))]
+
+    def seen(self, item_id: int) -> bool:
+        return item_id in self._ids
 
 
 def portal_key(receiver: str, peer: str) -> LoopKey:
@@ -136,6 +153,9 @@ class BridgeCore:
         self.statuses = StatusSender(matrix, self._tasks)
         self.flow = MatrixFlow(self)
         self.media = MediaFlow(self, config.media.temp_directory)
+        self.posted = RecentIds()  # inbox items posted whose end may not be written yet
+        self.metrics = Metrics()
+        self.metrics.refresh_with(self._read_metrics)
         self.limits = UserLimits(config.limits)
         self.states: dict[str, StateChange] = {}
         self._told_trouble: set[str] = set()
@@ -392,7 +412,9 @@ class BridgeCore:
                 await self._store(login, event.sender, event.id, "identity", b"", event.t * 1000)
         elif isinstance(event, ReceiptEvent):
             receipt = event.receipt
-            if receipt.type is not st.ReceiptType.RETRY:  # the client answered that one
+            if receipt.type is st.ReceiptType.RETRY:
+                self.metrics.retry_receipt("received")
+            else:  # a retry the client answered itself
                 # A receipt is a hint about a message, not a message: it takes its place in
                 # the portal's order, and one lost to a crash loses no message (the next
                 # read receipt covers the earlier ones).
@@ -411,8 +433,11 @@ class BridgeCore:
         elif isinstance(event, NotificationEvent) and event.kind == "identity" and event.sender is not None:
             await self._store(login, event.sender, event.node.attr("id"), "identity", b"", None)
         elif isinstance(event, UndecryptableEvent):
+            if event.retry_count <= st.MAX_RETRY_COUNT:
+                self.metrics.retry_receipt("sent")  # the client asks the peer to send it again
             # Said once (the retry count survives reconnects), and once more on giving up.
             if event.retry_count == 1:
+                self.metrics.undecryptable("gatekeeper")
                 await self._store(login, event.sender, f"{event.id}/1", "undecryptable", b"", None)
             elif event.retry_count > st.MAX_RETRY_COUNT:
                 await self._store(login, event.sender, f"{event.id}/gave-up", "undecryptable", b"", None)
@@ -422,6 +447,20 @@ class BridgeCore:
         puppet = await self.puppets.get(peer)
         if portal and portal.room_id and puppet:
             await self.matrix.set_typing(portal.room_id, puppet.mxid, state is st.ChatState.COMPOSING)
+
+    async def _read_metrics(self, metrics: Metrics) -> None:
+        """The gauges read at scrape time: queue depths, logins and connections by state."""
+        metrics.outbox_depth.set(await self.outbox.count_pending())
+        metrics.inbox_depth.set(await self.inbox.count_pending())
+        metrics.logins.clear()
+        for state, count in (await self.logins.count_by_state()).items():
+            metrics.logins.labels(state).set(count)
+        metrics.connections.clear()
+        by_state: dict[str, int] = {}
+        for change in self.states.values():
+            by_state[change.state.value] = by_state.get(change.state.value, 0) + 1
+        for state, count in by_state.items():
+            metrics.connections.labels(state).set(count)
 
     # ------------------------------------------------------------------ retention
 

@@ -20,6 +20,7 @@ from bridge.db.portals import MessageRef, Portal, Puppet
 from bridge.db.queues import InboxItem
 from bridge.gip import stanzas as st
 from bridge.gip.content import Content
+from bridge.metrics import TO_MATRIX
 from bridge.msgconv import convert
 
 from .errors import Refused
@@ -51,14 +52,19 @@ class InboxWork(Work):
         item, self._fresh = self._fresh, None
         if item is None:
             item = await core.inbox.get(self.item_id)
-        if item is None or item.state != "pending" or item.payload is None:
-            return  # done already (a replay, or a reload after an overflow)
+        if item is None or item.state != "pending" or item.payload is None or core.posted.seen(item.id):
+            # Done already: a replay, a reload after an overflow, or a resend that was
+            # posted in the place of its undecryptable first copy (its end is not written yet).
+            return
         login = await core.logins.get(item.receiver)
         if login is None:
             return  # logged out: the row went with the login
         event_id = await self._apply(login, item)
         # The item's end (and the map entry posting made) land a moment later, grouped.
         await core.inbox.mark_posted_later(item.id, event_id)
+        core.posted.add(item.id)
+        if item.is_message:
+            core.metrics.bridged(TO_MATRIX, item.kind, time.time() - item.received_at / 1000)
 
     async def _apply(self, login: Login, item: InboxItem) -> str | None:
         core = self.core
@@ -173,6 +179,7 @@ class InboxWork(Work):
         await core.inbox.mark_failed(self.item_id, type(error).__name__)
         if item is None or not item.is_message:
             return
+        core.metrics.failed(TO_MATRIX, item.kind)
         reason = error.text if isinstance(error, Refused) else "the homeserver would not take it"
         login = await core.logins.get(item.receiver)
         portal = await core.portals.get(item.receiver, item.peer)

@@ -20,6 +20,7 @@ from bridge.db.portals import MessageRef, Portal
 from bridge.db.queues import OutboxItem
 from bridge.gip.content import Content
 from bridge.gip.errors import GipError, GipErrorCode
+from bridge.metrics import TO_GATEKEEPER
 from bridge.msgconv import convert, media
 
 from .errors import Unavailable, retry_after
@@ -85,6 +86,8 @@ class OutboxWork(Work):
             )
             await gatekeeper.send(item.receiver, prepared, content, persist)
         except GipError as exc:
+            if exc.code.value.isdigit():
+                core.metrics.refused(exc.code.value)  # the gatekeeper's own answer, not a local failure
             if exc.code in FINAL_REFUSALS:
                 await self.give_up(exc)
                 return
@@ -96,6 +99,7 @@ class OutboxWork(Work):
                 MessageRef(item.receiver, item.peer, item.gk_id, True, item.room_id, item.event_id, now)
             )
         await core.outbox.mark_sent_later(item.id)
+        core.metrics.bridged(TO_GATEKEEPER, item.message_type, time.time() - item.created_at / 1000)
         core.statuses.send(
             item.room_id, item.event_id, StatusReport(SendStatus.SUCCESS), txn_id=f"dma-out-{item.id}-ok"
         )
@@ -132,6 +136,7 @@ class OutboxWork(Work):
             ("m.foreign_network_error", f"The bridge could not send it after {core.loops.policy.max_attempts} tries."),
         )
         await core.outbox.mark_failed(item.id, code.value if code else type(error).__name__)
+        core.metrics.failed(TO_GATEKEEPER, item.message_type)
         core.statuses.send(
             item.room_id,
             item.event_id,

@@ -111,6 +111,10 @@ class LoginStore:
             rows = await self._db.fetch("SELECT * FROM logins WHERE state = $1 ORDER BY created_at", state.value)
         return [self._login(r) for r in rows]
 
+    async def count_by_state(self) -> dict[str, int]:
+        rows = await self._db.fetch("SELECT state, COUNT(*) AS n FROM logins GROUP BY state")
+        return {row["state"]: int(row["n"]) for row in rows}
+
     async def set_enlisted(self, mxid: str, iid: str) -> None:
         self._cache.pop(mxid, None)
         await self._db.execute(

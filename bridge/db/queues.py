@@ -137,6 +137,9 @@ class Outbox:
         row = await self._db.fetchrow("SELECT * FROM outbox WHERE room_id = $1 AND event_id = $2", room_id, event_id)
         return self._item(row) if row else None
 
+    async def count_pending(self) -> int:
+        return int(await self._db.fetchval("SELECT COUNT(*) FROM outbox WHERE state = 'pending'"))
+
     async def pending(self, receiver: str | None = None) -> list[OutboxItem]:
         if receiver is None:
             rows = await self._db.fetch("SELECT * FROM outbox WHERE state = 'pending' ORDER BY id")
@@ -299,6 +302,9 @@ class Inbox:
         )
         items = [self._item(r) for r in rows]
         return next((i for i in items if i.is_message), None)
+
+    async def count_pending(self) -> int:
+        return int(await self._db.fetchval("SELECT COUNT(*) FROM inbox WHERE state = 'pending'"))
 
     async def pending(self, receiver: str | None = None) -> list[InboxItem]:
         if receiver is None:

@@ -414,6 +414,7 @@ class MatrixConnector:
         if isinstance(evt, EncryptedEvent):
             decrypted = await self.encrypted.decrypt(evt)
             if decrypted is None:
+                core.metrics.undecryptable("matrix")  # kept until its key comes, and the sender told
                 return None
             evt = decrypted
         if isinstance(evt, MessageEvent) and evt.type == EventType.ROOM_MESSAGE:

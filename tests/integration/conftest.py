@@ -123,6 +123,9 @@ def _bot_device_only(data: dict[str, Any]) -> None:
     # The chat-feature tests run in encrypted portals where the bot's device speaks for the
     # puppets; the encryption tests' stack gives puppets their own devices.
     data["bridge"]["encryption"]["puppet_devices"] = False
+    # Its metrics are scraped (tests/integration/test_metrics.py).
+    data["metrics"]["enabled"] = True
+    data["metrics"]["listen"] = f"127.0.0.1:{free_port()}"
 
 
 @pytest_asyncio.fixture(scope="session", loop_scope="session")
