@@ -29,12 +29,19 @@ def main() -> None:
     except ConfigError as exc:
         print(f"bridge: configuration error: {exc}", file=sys.stderr)
         sys.exit(2)
-    logging.basicConfig(level=config.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    configure_logging(config)
     try:
         asyncio.run(_run(config))
     except StartupError as exc:
         print(f"bridge: cannot start: {exc}", file=sys.stderr)
         sys.exit(3)
+
+
+def configure_logging(config: BridgeConfig) -> None:
+    """One line per event; ``logging.level`` for all, ``logging.levels`` per module."""
+    logging.basicConfig(level=config.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    for name, level in config.log_levels.items():
+        logging.getLogger(name).setLevel(level)
 
 
 async def _run(config: BridgeConfig) -> None:

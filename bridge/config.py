@@ -35,6 +35,10 @@ EEA_COUNTRIES = frozenset(
     }
 )
 _LOCALPART = re.compile(r"^[a-z0-9._=\-/]+$")
+# Maps whose keys are the admin's own (who may use the bridge, which module logs how much):
+# merged whole, never key by key against the example.
+FREE_FORM = ("permissions", "levels")
+LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
 
 
 class ConfigError(Exception):
@@ -64,7 +68,7 @@ def merge_into_example(user: Any, example: CommentedMap) -> CommentedMap:
         for key in list(base.keys()):
             if key not in theirs:
                 continue
-            if isinstance(base[key], dict) and isinstance(theirs[key], dict) and key != "permissions":
+            if isinstance(base[key], dict) and isinstance(theirs[key], dict) and key not in FREE_FORM:
                 walk(base[key], theirs[key])
             else:
                 base[key] = theirs[key]
@@ -182,6 +186,7 @@ class BridgeConfig:
     at_rest_key: bytes
     permissions: dict[str, PermissionLevel]
     log_level: str
+    log_levels: dict[str, str] = field(default_factory=dict)  # logger name → level, over log_level
     encryption: EncryptionConfig = EncryptionConfig()
     retention: RetentionConfig = RetentionConfig()
     delivery: DeliveryConfig = DeliveryConfig()
@@ -321,8 +326,13 @@ def parse_config(data: Any, *, require_tokens: bool = True) -> BridgeConfig:
         except KeyError:
             raise ConfigError(f"bridge.permissions.{subject}: must be user, admin or none, got {level!r}") from None
     level = _get(data, "logging.level", str).upper()
-    if level not in ("DEBUG", "INFO", "WARNING", "ERROR"):
+    if level not in LOG_LEVELS:
         raise ConfigError(f"logging.level: must be DEBUG, INFO, WARNING or ERROR, got {level!r}")
+    levels: dict[str, str] = {}
+    for name, value in (_get(data, "logging.levels", dict) or {}).items():
+        if not isinstance(value, str) or value.upper() not in LOG_LEVELS:
+            raise ConfigError(f"logging.levels.{name}: must be DEBUG, INFO, WARNING or ERROR, got {value!r}")
+        levels[str(name)] = value.upper()
     max_connections = _get(data, "database.max_connections", int)
     if max_connections < 1:
         raise ConfigError("database.max_connections: must be at least 1")
@@ -375,6 +385,7 @@ def parse_config(data: Any, *, require_tokens: bool = True) -> BridgeConfig:
         at_rest_key=key,
         permissions=permissions,
         log_level=level,
+        log_levels=levels,
     )
 
 
