@@ -29,8 +29,29 @@ def _json_error(status: int, errcode: str, error: str) -> web.Response:
     return web.json_response({"errcode": errcode, "error": error}, status=status)
 
 
+StateSource = Callable[[str], Awaitable[dict[str, Any]]]
+
+
 class BridgeAppService(AppService):
     transaction_sink: TransactionSink | None = None
+    state_source: StateSource | None = None
+
+    def add_state_route(self) -> None:
+        """``/_matrix/app/com.beeper.bridge_state?user_id=…`` (GET or POST, the homeserver's
+        token): the bridge's state and the user's login state, as mautrix bridges serve it."""
+        path = "/_matrix/app/com.beeper.bridge_state"
+        self.app.router.add_route("GET", path, self._http_bridge_state)
+        self.app.router.add_route("POST", path, self._http_bridge_state)
+
+    async def _http_bridge_state(self, request: web.Request) -> web.Response:
+        if not self._check_token(request):
+            return _json_error(401, "M_UNKNOWN_TOKEN", "Invalid auth token")
+        user_id = request.rel_url.query.get("user_id", "")
+        if not user_id.startswith("@") or ":" not in user_id:
+            return _json_error(400, "M_INVALID_PARAM", "user_id must be a Matrix user ID")
+        if self.state_source is None:
+            return _json_error(503, "M_UNKNOWN", "The bridge is starting")
+        return web.json_response(await self.state_source(user_id))
 
     def _check_token(self, request: web.Request) -> bool:
         token = request.rel_url.query.get("access_token")

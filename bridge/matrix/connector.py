@@ -49,6 +49,7 @@ from mautrix.types import (
 
 from bridge.config import BridgeConfig, PermissionLevel
 from bridge.core.bridge import BridgeCore, portal_key, room_key
+from bridge.core.bridge_state import bridge_state, remote_state
 from bridge.core.commands import CommandState, dispatch
 from bridge.core.errors import Refused, RetryAfter, Unavailable
 from bridge.core.matrix_api import BridgeInfo, StatusReport
@@ -135,6 +136,7 @@ class MatrixConnector:
         self.intake.room_filter = self._bridged_room
         self.intake.on_typing = self._typing
         self.az.transaction_sink = self.intake.receive
+        self.az.add_state_route()
         self.az.app.add_routes(routes)
         self.bot_mxid = f"@{config.bot_username}:{config.homeserver_domain}"
         prefix, suffix = (re.escape(part) for part in config.username_template.split("{uvid}"))
@@ -278,6 +280,7 @@ class MatrixConnector:
             self._ours,
         )
         self.catch_up.start()
+        self.az.state_source = self._bridge_state
         self.az.ready = True
 
     async def stop(self) -> None:
@@ -322,6 +325,16 @@ class MatrixConnector:
             return True
         membership = await self.state_store.get_membership(RoomID(room_id), UserID(self.bot_mxid))
         return membership == Membership.JOIN
+
+    async def _bridge_state(self, user_id: str) -> dict[str, Any]:
+        """``GlobalBridgeState``: the bridge's own state and the user's login's."""
+        assert self.core is not None
+        login = await self.core.logins.get(user_id)
+        remote = {}
+        if login is not None:
+            state = remote_state(login, self.core.states.get(user_id))
+            remote[state["remote_id"]] = state
+        return {"remoteState": remote, "bridgeState": bridge_state(self.az.ready)}
 
     def _ours(self, user: str) -> bool:
         return user == self.bot_mxid or self.is_puppet(user)
