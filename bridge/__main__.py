@@ -48,7 +48,13 @@ async def _run(config: BridgeConfig) -> None:
     from bridge.app import BridgeApp
 
     app = BridgeApp(config)
-    await app.start()
+    try:
+        await app.start()
+    except BaseException:
+        # What did open is closed, so that the process exits (an open SQLite connection
+        # keeps a thread, and the process with it, alive): the error says what to fix.
+        await app.close_after_failed_start()
+        raise
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):

@@ -143,6 +143,27 @@ class BridgeApp:
         if self.media is not None:
             await self.media.collect()
 
+    async def close_after_failed_start(self) -> None:
+        """Close whatever a start that failed midway had opened, each part on its own."""
+        for step in (self._stop_matrix, self._close_http, self._close_db):
+            try:
+                await step()
+            except Exception as exc:
+                log.info("closing after a failed start: %s", type(exc).__name__)
+
+    async def _stop_matrix(self) -> None:
+        self.jobs.cancel()
+        if self.matrix is not None:
+            await self.matrix.stop()
+
+    async def _close_http(self) -> None:
+        if self.http is not None:
+            await self.http.close()
+
+    async def _close_db(self) -> None:
+        if self.db is not None:
+            await self.db.close()
+
     async def stop(self) -> None:
         self.jobs.cancel()
         if self.metrics_server is not None:
