@@ -358,6 +358,8 @@ async def pipeline_cpu(count: int, window: int, uri: str, workdir: Path, encrypt
     try:
         data = read_yaml(EXAMPLE_PATH)
         data["appservice"]["as_token"] = data["appservice"]["hs_token"] = "x" * 32
+        # The bench's users live on "bench": they must be allowed, or nothing is bridged.
+        data["bridge"]["permissions"] = {"bench": "user"}
         data["encryption_at_rest"]["key"] = "A" * 43 + "="
         config = parse_config(data)
         sender = SendingClient()
