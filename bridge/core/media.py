@@ -71,6 +71,14 @@ class DownloadDelayed(Unavailable):
         self.network = network
 
 
+async def _first_frame(video: Path, scratch: Path, side: int, quality: int = 75) -> Thumbnail:
+    """A JPEG of the video's first frame, no larger than ``side``; MediaError when ffmpeg
+    cannot read the video."""
+    frame = scratch / "frame.jpg"
+    await ffmpeg.first_frame(video, frame)
+    return await asyncio.to_thread(jpeg_thumbnail, frame, side, quality)
+
+
 def limit_for(kind: str) -> int:
     return MAX_IMAGE_BYTES if kind == "image" else MAX_FILE_BYTES
 
@@ -167,9 +175,7 @@ class MediaFlow:
             found = await ffmpeg.probe(source)
             width, height = found.width or width, found.height or height
             duration = found.duration_ms or duration
-            frame = scratch / "frame.jpg"
-            await ffmpeg.first_frame(source, frame)
-            thumbnail = (await asyncio.to_thread(jpeg_thumbnail, frame, GIP_THUMBNAIL_SIDE, 60)).data
+            thumbnail = (await _first_frame(source, scratch, GIP_THUMBNAIL_SIDE, 60)).data
         except MediaError as exc:
             # The video still goes, with what the client said about it.
             log.info("no thumbnail for a video: %s", exc.text)
@@ -311,9 +317,7 @@ class MediaFlow:
                 found = await ffmpeg.probe(path)
                 facts.width, facts.height = found.width or facts.width, found.height or facts.height
                 facts.duration_ms = found.duration_ms or facts.duration_ms
-                frame = scratch / "frame.jpg"
-                await ffmpeg.first_frame(path, frame)
-                facts.thumbnail = await asyncio.to_thread(jpeg_thumbnail, frame, MATRIX_THUMBNAIL_SIDE)
+                facts.thumbnail = await _first_frame(path, scratch, MATRIX_THUMBNAIL_SIDE)
             except MediaError as exc:
                 log.info("no thumbnail made for a video: %s", exc.text)
                 facts.thumbnail = await self._their_thumbnail(media)

@@ -52,12 +52,13 @@ class MediaType(Enum):
     def of_kind(cls, kind: str) -> MediaType:
         """The key type of a Content media field: image, video, audio or document."""
         try:
-            return _KINDS[kind]
+            return MEDIA_TYPES[kind]
         except KeyError:
             raise GipError(GipErrorCode.BAD_REQUEST, f"not a media kind: {kind}") from None
 
 
-_KINDS = {
+# The Content field of a media message → its key type (HKDF info).
+MEDIA_TYPES = {
     "image": MediaType.IMAGE,
     "video": MediaType.VIDEO,
     "audio": MediaType.AUDIO,

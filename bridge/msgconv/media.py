@@ -18,7 +18,7 @@ from typing import Any
 
 from bridge.gip.content import Content, ContextInfo, Media
 
-from .convert import MAX_TEXT, Outgoing, Unsupported
+from .convert import MAX_TEXT, MEDIA_KINDS, Outgoing, Unsupported
 from .formatting import html_to_markup, markup_to_html
 
 # Matrix msgtype (or m.sticker, the event type) → the Content field that carries it.
@@ -30,7 +30,7 @@ KIND_OF_MSGTYPE = {
     "m.file": "document",
 }
 MSGTYPE_OF_KIND = {"image": "m.image", "video": "m.video", "audio": "m.audio", "document": "m.file"}
-KINDS = tuple(MSGTYPE_OF_KIND)
+KINDS = MEDIA_KINDS
 WAVEFORM_SAMPLES = 64
 MSC1767_WAVEFORM_MAX = 1024
 VOICE = "org.matrix.msc3245.voice"

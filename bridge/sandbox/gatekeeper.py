@@ -26,7 +26,7 @@ from bridge.gip import stanzas as st
 from bridge.gip.content import Content, decode_content, encode_content
 from bridge.gip.errors import GipError, GipErrorCode
 from bridge.gip.jid import NATIVE_SERVER, PARTNER_SERVER, Jid
-from bridge.gip.media import EncryptedMedia, MediaDecryptor, MediaType, encrypt_file, file_chunks
+from bridge.gip.media import MEDIA_TYPES, EncryptedMedia, MediaDecryptor, MediaType, encrypt_file, file_chunks
 from bridge.gip.noise import StaticKey
 from bridge.gip.stanza import Node, decode, encode
 from bridge.gip.tokens import (
@@ -57,12 +57,7 @@ ENLIST_FIELDS = {
     "e_skey_val": 32,
     "e_skey_sig": 64,
 }
-MEDIA_KIND = {
-    "image": MediaType.IMAGE,
-    "video": MediaType.VIDEO,
-    "audio": MediaType.AUDIO,
-    "document": MediaType.DOCUMENT,
-}
+MEDIA_KIND = MEDIA_TYPES
 
 
 class PartnerConnection(Protocol):
