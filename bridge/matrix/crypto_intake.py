@@ -188,7 +188,6 @@ class BotSync:
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 30.0)
                 continue
-            delay = 1.0
             events = (response.get("to_device") or {}).get("events") or []
             if token is None:
                 # The first sync of a device: what waits is what the pushes already brought
@@ -196,7 +195,18 @@ class BotSync:
                 if events:
                     log.info("the bot device's first sync skipped %d to-device events it already had", len(events))
             else:
-                await self._intake.synced(events, response.get("device_lists"))
+                try:
+                    await self._intake.synced(events, response.get("device_lists"))
+                except asyncio.CancelledError:
+                    raise
+                except Exception as exc:
+                    # A device-list change needs the homeserver again (keys/query): with it
+                    # gone, the round is taken again from the same position, later.
+                    log.info("the bot device's sync could not be handled (%s); trying again", type(exc).__name__)
+                    await asyncio.sleep(delay)
+                    delay = min(delay * 2, 30.0)
+                    continue
+            delay = 1.0
             counts = response.get("device_one_time_keys_count")
             if counts:
                 with contextlib.suppress(Exception):
