@@ -40,6 +40,7 @@ from mautrix.types import (
     KeyRequestAction,
     Membership,
     RequestedKeyInfo,
+    RoomCreatePreset,
     RoomID,
     RoomKeyRequestEventContent,
     RoomKeyWithheldCode,
@@ -223,12 +224,16 @@ class Encryption:
         self._push_check = asyncio.get_running_loop().create_future()
         client, device = self.bot.client, self.bot.device_id
         deadline = time.monotonic() + timeout
+        nudged = False
         while not self._push_check.done() and time.monotonic() < deadline:
             nonce = secrets.token_hex(8)
             self._push_nonces.add(nonce)
             await client.send_to_device(SELF_TEST, {client.mxid: {device: {"nonce": nonce}}})
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(asyncio.shield(self._push_check), min(2.0, max(deadline - time.monotonic(), 0)))
+            if not self._push_check.done() and not nudged:
+                nudged = True
+                await self._wake_appservice_scheduler()
         if not self._push_check.done():
             raise EncryptionSetupError(
                 "the homeserver does not push to-device events to the bridge (MSC2409). In homeserver.yaml set "
@@ -244,6 +249,20 @@ class Encryption:
                 "experimental_features.msc3202_transaction_extensions: true in homeserver.yaml and "
                 "`org.matrix.msc3202: true` in registration.yaml; then restart the homeserver."
             ) from None
+
+    async def _wake_appservice_scheduler(self) -> None:
+        """Synapse starts sending to appservices, and retrying one it marked down before a
+        restart, only when a room event for an appservice comes after its own start; until
+        then every to-device event for the bridge is dropped. A room of the bot's own,
+        made and left at once, is that event."""
+        client = self.bot.client
+        try:
+            room_id = await client.create_room(name="bridge start-up", preset=RoomCreatePreset.PRIVATE)
+            await client.leave_room(room_id)
+            await client.forget_room(room_id)
+            log.info("the homeserver sent nothing yet: woke its appservice sender with a room of the bot's own")
+        except MatrixError as exc:
+            log.warning("could not wake the homeserver's appservice sender: %s", exc)
 
     async def stop(self) -> None:
         for device in [self.bot, *self._puppets.values()]:
