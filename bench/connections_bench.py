@@ -42,7 +42,7 @@ from bridge.gatekeeper.state import StateChange
 from bridge.gatekeeper.tokens import TokenIssuer
 from bridge.gip.client import Event
 from bridge.gip.tokens import jwks_document
-from tests.sandbox.harness import INTEGRATOR, free_port, spawn_sandbox_process
+from devstack.sandbox import INTEGRATOR, free_port, spawn_sandbox_process
 
 
 def rss_kb() -> int:

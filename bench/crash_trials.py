@@ -40,10 +40,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench.pipeline_bench import drop_postgres, fresh_postgres
 from bridge.config import EXAMPLE_PATH, dump_yaml, generate_registration, read_yaml
-from tests.integration.matrix_user import MatrixUser
-from tests.integration.synapse import Synapse, start_synapse
-from tests.peers.element_peer import ElementPeer, ElementUser
-from tests.sandbox.harness import CONTROL_TOKEN, INTEGRATOR, free_port, spawn_sandbox_process
+from devstack.element_client import ElementPeer, ElementUser
+from devstack.matrix_user import MatrixUser
+from devstack.sandbox import CONTROL_TOKEN, INTEGRATOR, free_port, spawn_sandbox_process
+from devstack.synapse import Synapse, start_synapse
 
 ROOT = Path(__file__).resolve().parent.parent
 PASSWORD = "crash-trials-password"

@@ -52,8 +52,8 @@ from bridge.gip.content import Media
 from bridge.gip.media import CHUNK, MediaType
 from bridge.matrix.attachments import AttachmentEncryptor
 from bridge.matrix.media import HomeserverMedia
-from tests.logins import enlisted_login
-from tests.sandbox.harness import free_port, start_sandbox
+from devstack.logins import enlisted_login
+from devstack.sandbox import free_port, start_sandbox
 
 OWNER = "@bench:localhost"
 

@@ -85,8 +85,8 @@ from bridge.matrix.e2ee import Encryption
 from bridge.matrix.intake import MatrixIntake
 from bridge.matrix.room_events import MatrixEventWork, parse_event, plain_message
 from bridge.matrix.stores import BridgeStateStore, MautrixDatabases
-from tests.postgres import server_dsn
-from tests.sandbox.harness import INTEGRATOR, free_port, spawn_sandbox_process
+from devstack.postgres import server_dsn
+from devstack.sandbox import INTEGRATOR, free_port, spawn_sandbox_process
 
 T = TypeVar("T")
 

@@ -30,7 +30,7 @@ from bridge.gip import stanzas as st
 from bridge.gip.client import MessageEvent, ReceiptEvent
 from bridge.gip.content import Content
 from bridge.gip.jid import Jid
-from tests.sandbox.harness import Partner, PartnerServer, Sandbox, new_partner, spawn_sandbox_process
+from devstack.sandbox import Partner, PartnerServer, Sandbox, new_partner, spawn_sandbox_process
 
 
 def cpu_seconds(pid: int) -> float:

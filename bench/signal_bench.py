@@ -7,7 +7,7 @@ a real store does (our MemorySignalStore and the Node peer's stores both keep by
 * ping-pong: the sender alternates, so every message carries a DH-ratchet step;
 * session set-up: a fresh bundle, X3DH, one PreKey message encrypted and decrypted.
 
-libsignal runs inside the Node peer (tests/peers/signal), timed there, so no IPC is
+libsignal runs inside the Node peer (devstack/signal), timed there, so no IPC is
 counted. The last line is ``signal_vs_libsignal_ratio: X``, our encrypt+decrypt
 messages per second over libsignal's in the one-direction workload.
 
@@ -24,8 +24,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from tests.peers.signal_peer import NodeSignalPeer
-from tests.signal.parties import LocalParty
+from devstack.signal_client import NodeSignalPeer
+from devstack.signal_parties import LocalParty
 
 PAYLOAD = b"a" * 100
 

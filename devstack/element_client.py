@@ -1,4 +1,4 @@
-"""Drives the Element-stack peer (tests/peers/element/peer.mjs) over JSON lines.
+"""Drives the Element-stack peer (devstack/element/peer.mjs) over JSON lines.
 
 The peer is matrix-js-sdk 37.5.0 with its Rust crypto (matrix-sdk-crypto-wasm): what Element
 Web runs. :class:`ElementUser` offers the same methods as the integration tests' mautrix
@@ -14,8 +14,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from tests.peers import node
-from tests.peers.matrix_waits import WaitsForEvents
+from devstack.node import node
+from devstack.waits import WaitsForEvents
 
 PEER_DIR = Path(__file__).parent / "element"
 
@@ -37,15 +37,20 @@ class ElementPeer:
         self._lock = asyncio.Lock()
 
     @classmethod
-    async def start(cls) -> ElementPeer:
+    async def start(cls, log: Path | None = None) -> ElementPeer:
+        """The peer; what it says on stderr (matrix-js-sdk's warnings) goes to ``log`` if given."""
+        errors = log.open("ab") if log is not None else None
         process = await asyncio.create_subprocess_exec(
             node() or "node",
             str(PEER_DIR / "peer.mjs"),
             cwd=PEER_DIR,
             stdin=asyncio.subprocess.PIPE,
             stdout=asyncio.subprocess.PIPE,
+            stderr=errors,
             limit=16 * 1024 * 1024,
         )
+        if errors is not None:
+            errors.close()
         return cls(process)
 
     async def call(self, op: str, timeout: float = 60, **kwargs: Any) -> Any:
@@ -104,11 +109,19 @@ class ElementUser(WaitsForEvents):
         late = {e["event_id"] for e in self.events if e["origin_server_ts"] > timestamp_ms}
         return [event_id for event_id in self.undecryptable if event_id in late]
 
-    async def wait_for(self, predicate: Callable[[dict[str, Any]], bool], timeout: float = 20) -> dict[str, Any]:
+    async def mark(self) -> int:
+        """A position in what this device has seen: ``wait_for(..., after=mark)`` looks
+        only at what comes later (an earlier run's notices stay out of it)."""
+        await self.refresh()
+        return len(self.events)
+
+    async def wait_for(
+        self, predicate: Callable[[dict[str, Any]], bool], timeout: float = 20, after: int = 0
+    ) -> dict[str, Any]:
         async def find() -> dict[str, Any]:
             while True:
                 await self.refresh()
-                for event in self.events:
+                for event in self.events[after:]:
                     if predicate(event):
                         return event
                 await asyncio.sleep(0.1)
@@ -172,5 +185,13 @@ class ElementUser(WaitsForEvents):
         """The shield Element draws next to an event: colour (0 none, 1 grey, 2 red) and reason."""
         return await self.peer.call("shield", name=self.name, roomId=room_id, eventId=event_id)
 
+    async def read(self, room_id: str, event_id: str) -> None:
+        """A read receipt (m.read) up to ``event_id``, as Element sends when the event is seen."""
+        await self.peer.call("readReceipt", name=self.name, roomId=room_id, eventId=event_id)
+
     async def close(self) -> None:
         await self.peer.call("stop", name=self.name)
+
+    async def log_out(self) -> None:
+        """Stop and delete this device on the homeserver."""
+        await self.peer.call("logout", name=self.name)

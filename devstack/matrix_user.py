@@ -30,7 +30,7 @@ from mautrix.types import (
     UserID,
 )
 
-from tests.peers.matrix_waits import WaitsForEvents
+from devstack.waits import WaitsForEvents
 
 
 class _StateStore(MemoryStateStore, CryptoStateStore):

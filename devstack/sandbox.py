@@ -117,33 +117,52 @@ def sandbox_config(partner: PartnerServer, port: int, *, profile: str = "whatsap
     )
 
 
-@dataclass
-class Sandbox:
-    gatekeeper: Gatekeeper
+class SandboxControl:
+    """The control API (``/_sandbox``) of a running sandbox: natives act and report."""
+
     base: str
-    runner: web.AppRunner
     http: aiohttp.ClientSession
-    clients: list[GipClient] = field(default_factory=list)
+    token: str = CONTROL_TOKEN
 
     async def control(
-        self, method: str, path: str, body: dict[str, Any] | None = None, expect: int = 200
+        self, method: str, path: str, body: dict[str, Any] | None = None, expect: int | None = 200
     ) -> dict[str, Any]:
+        """The answer, which must have the status ``expect`` unless that is None."""
         async with self.http.request(
             method,
             f"{self.base}/_sandbox{path}",
             json=body,
-            headers={"Authorization": f"Bearer {CONTROL_TOKEN}"},
+            headers={"Authorization": f"Bearer {self.token}"},
         ) as response:
             data = await response.json()
-            assert response.status == expect, (response.status, data)
+            assert expect is None or response.status == expect, (response.status, data)
             return data
 
     async def native(self, uvid: str | None = None, **kwargs: Any) -> dict[str, Any]:
         return await self.control("POST", "/natives", {"uvid": uvid or new_phone(), **kwargs})
 
-    async def events(self, iid: str, kind: str | None = None) -> list[dict[str, Any]]:
-        events = (await self.control("GET", f"/natives/{iid}/events"))["events"]
+    async def events(self, iid: str, kind: str | None = None, after: int = 0) -> list[dict[str, Any]]:
+        """What a native's devices did and saw, oldest first, after the ``seq`` given."""
+        events = (await self.control("GET", f"/natives/{iid}/events?after={after}"))["events"]
         return [e for e in events if kind is None or e["event"] == kind]
+
+
+class RemoteSandbox(SandboxControl):
+    """A sandbox in its own process (``spawn_sandbox_process``), reached over HTTP only."""
+
+    def __init__(self, base: str, http: aiohttp.ClientSession, token: str = CONTROL_TOKEN) -> None:
+        self.base, self.http, self.token = base, http, token
+
+
+@dataclass
+class Sandbox(SandboxControl):
+    """A sandbox in this process: the tests reach into its gatekeeper too."""
+
+    gatekeeper: Gatekeeper
+    base: str
+    runner: web.AppRunner
+    http: aiohttp.ClientSession
+    clients: list[GipClient] = field(default_factory=list)
 
 
 async def start_sandbox(
@@ -248,20 +267,30 @@ async def new_partner(
 
 
 async def spawn_sandbox_process(
-    workdir: Path, partner_base: str, http: aiohttp.ClientSession, *, prefix: tuple[str, ...] = ()
+    workdir: Path,
+    partner_base: str,
+    http: aiohttp.ClientSession,
+    *,
+    prefix: tuple[str, ...] = (),
+    port: int | None = None,
+    control_token: str = CONTROL_TOKEN,
+    integrator: str = INTEGRATOR,
+    log: Path | None = None,
 ) -> tuple[subprocess.Popen[bytes], str]:
     """The sandbox as an admin runs it (its own process, a durable SQLite file), with the
-    Partner at ``partner_base``; returns once it answers."""
-    port = free_port()
+    Partner at ``partner_base``; returns once it answers. Its output goes to ``log``; it
+    runs in a session of its own, so that a terminal's Ctrl-C reaches only its starter,
+    which stops it in order."""
+    port = port or free_port()
     config = workdir / "sandbox.yaml"
     config.write_text(
         f"""server: {{host: 127.0.0.1, port: {port}}}
 profile: whatsapp
 database: {workdir / "sandbox.db"}
 media_dir: {workdir / "media"}
-control_token: {CONTROL_TOKEN}
+control_token: {control_token}
 integrators:
-  - id: {INTEGRATOR}
+  - id: {integrator}
     jwks_url: {partner_base}/.well-known/oauth/openid/jwks
     push_url: {partner_base}/push
     media_base: {partner_base}/media
@@ -269,11 +298,15 @@ policies:
   rate_limits: {{messages_per_minute: 100000000, enlistments_per_hour: 100000000, first_contacts_per_day: 100000000}}
 """
     )
+    output = log.open("ab") if log is not None else subprocess.DEVNULL
     process = subprocess.Popen(
         [sys.executable, *prefix, "-m", "bridge.sandbox", "-c", str(config)],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
+        stdout=output,
+        stderr=subprocess.STDOUT if log is not None else subprocess.DEVNULL,
+        start_new_session=True,
     )
+    if log is not None:
+        output.close()
     base = f"http://127.0.0.1:{port}"
     for _ in range(200):
         try:

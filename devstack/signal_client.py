@@ -1,4 +1,4 @@
-"""Drives the Node Signal peer (tests/peers/signal/peer.js) over JSON lines.
+"""Drives the Node Signal peer (devstack/signal/peer.js) over JSON lines.
 
 Used by the interop tests and by bench/signal_bench.py. The peer wraps official libsignal
 (@signalapp/libsignal-client 0.72.1) and libsignal-node 6.0.0; see peer.js.
@@ -13,7 +13,7 @@ import subprocess
 from pathlib import Path
 from typing import Any
 
-from tests.peers import node
+from devstack.node import node
 
 PEER_DIR = Path(__file__).parent / "signal"
 IMPLEMENTATIONS = ("libsignal-client", "libsignal-node")

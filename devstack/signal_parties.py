@@ -1,4 +1,4 @@
-"""A Python test device on bridge.signal with the same verbs as peers.signal_peer.RemoteParty."""
+"""A Python test device on bridge.signal with the same verbs as devstack.signal_client.RemoteParty."""
 
 from __future__ import annotations
 
@@ -16,7 +16,7 @@ from bridge.signal import (
 )
 from bridge.signal.curve import KeyPair
 from bridge.signal.prekeys import PreKeyRecord, SignedPreKeyRecord
-from tests.peers.signal_peer import b64, unb64
+from devstack.signal_client import b64, unb64
 
 
 class LocalParty:

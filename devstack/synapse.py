@@ -1,4 +1,5 @@
-"""A real Synapse for the integration tests: fresh data directory, loopback, free port."""
+"""A real Synapse on loopback (SQLite), for the tests and the demo. Starting again on the
+same directory reuses its data: the config is regenerated around the kept keys and secret."""
 
 from __future__ import annotations
 
@@ -13,7 +14,7 @@ from pathlib import Path
 import aiohttp
 from ruamel.yaml import YAML
 
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = Path(__file__).resolve().parents[1]
 SYNAPSE_PYTHON = ROOT / ".venv-synapse" / "bin" / "python"
 SERVER_NAME = "localhost"
 
@@ -24,6 +25,7 @@ class Synapse:
     base: str
     shared_secret: str
     directory: Path
+    log: Path
 
     def stop(self) -> None:
         self.process.terminate()
@@ -35,9 +37,11 @@ class Synapse:
     def restart(self) -> None:
         """Stop and start again on the same data (the appservice's queue survives)."""
         self.stop()
-        self.process = _launch(self.directory, self.base)
+        self.process = _launch(self.directory, self.base, self.log)
 
-    async def register(self, http: aiohttp.ClientSession, username: str, password: str) -> None:
+    async def register(
+        self, http: aiohttp.ClientSession, username: str, password: str, *, exists_ok: bool = False
+    ) -> None:
         """Create a user with the shared-secret admin API (as register_new_matrix_user does)."""
         url = f"{self.base}/_synapse/admin/v1/register"
         async with http.get(url) as response:
@@ -46,11 +50,16 @@ class Synapse:
         mac.update(b"\x00".join([nonce.encode(), username.encode(), password.encode(), b"notadmin"]))
         body = {"nonce": nonce, "username": username, "password": password, "admin": False, "mac": mac.hexdigest()}
         async with http.post(url, json=body) as response:
+            if exists_ok and response.status == 400 and (await response.json()).get("errcode") == "M_USER_IN_USE":
+                return
             if response.status != 200:
                 raise RuntimeError(f"registering {username} failed: {await response.text()}")
 
 
-def start_synapse(directory: Path, port: int, registration: Path, max_upload_size: str = "200M") -> Synapse:
+def start_synapse(
+    directory: Path, port: int, registration: Path, max_upload_size: str = "200M", log: Path | None = None
+) -> Synapse:
+    """Synapse on ``port``, its output in ``log`` (``directory/stdout`` unless given)."""
     if not SYNAPSE_PYTHON.exists():
         raise RuntimeError("Synapse is not installed: run scripts/setup.sh")
     directory.mkdir(parents=True, exist_ok=True)
@@ -107,20 +116,24 @@ def start_synapse(directory: Path, port: int, registration: Path, max_upload_siz
     log_config = directory / f"{SERVER_NAME}.log.config"
     log_config.write_text(log_config.read_text().replace("level: INFO", "level: WARNING"))
     base = f"http://127.0.0.1:{port}"
-    process = _launch(directory, base)
-    return Synapse(process, base, config["registration_shared_secret"], directory)
+    log = log or directory / "stdout"
+    process = _launch(directory, base, log)
+    return Synapse(process, base, config["registration_shared_secret"], directory, log)
 
 
-def _launch(directory: Path, base: str) -> subprocess.Popen[bytes]:
-    process = subprocess.Popen(
-        [str(SYNAPSE_PYTHON), "-m", "synapse.app.homeserver", "-c", str(directory / "homeserver.yaml")],
-        cwd=directory,
-        stdout=(directory / "stdout").open("ab"),
-        stderr=subprocess.STDOUT,
-    )
+def _launch(directory: Path, base: str, log: Path) -> subprocess.Popen[bytes]:
+    with log.open("ab") as output:
+        process = subprocess.Popen(
+            [str(SYNAPSE_PYTHON), "-m", "synapse.app.homeserver", "-c", str(directory / "homeserver.yaml")],
+            cwd=directory,
+            stdout=output,
+            stderr=subprocess.STDOUT,
+            # Its own session: a terminal's Ctrl-C reaches only its starter, which stops it.
+            start_new_session=True,
+        )
     for _ in range(300):
         if process.poll() is not None:
-            raise RuntimeError(f"Synapse exited: {(directory / 'stdout').read_text()[-2000:]}")
+            raise RuntimeError(f"Synapse exited: {log.read_text()[-2000:]}")
         try:
             with urllib.request.urlopen(f"{base}/_matrix/client/versions", timeout=1):
                 break

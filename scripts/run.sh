@@ -8,4 +8,4 @@ bash scripts/setup.sh
 if [ -f config.yaml ]; then
     exec .venv/bin/python -m bridge -c config.yaml "$@"
 fi
-exec .venv/bin/python scripts/demo.py "$@"
+exec .venv/bin/python -m devstack "$@"

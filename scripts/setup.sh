@@ -86,7 +86,7 @@ fi
 
 # The Node test peers: libsignal (Signal interop) and matrix-js-sdk with its Rust crypto
 # (Element's stack, for the end-to-bridge encryption tests), at their locked versions.
-for peer in tests/peers/signal tests/peers/element; do
+for peer in devstack/signal devstack/element; do
     peer_stamp=$peer/node_modules/.installed-$(sha256sum $peer/package-lock.json | cut -c1-16)
     if [ ! -f "$peer_stamp" ]; then
         (cd $peer && npm ci --no-audit --no-fund --loglevel=error)

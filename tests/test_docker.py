@@ -11,7 +11,7 @@ from http.server import BaseHTTPRequestHandler, HTTPServer
 from pathlib import Path
 
 from bridge.config import dump_yaml, read_yaml
-from tests.sandbox.harness import free_port
+from devstack.sandbox import free_port
 
 ROOT = Path(__file__).resolve().parents[1]
 ENTRYPOINT = ROOT / "scripts" / "docker-entrypoint.sh"

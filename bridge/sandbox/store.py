@@ -481,4 +481,8 @@ class SandboxStore:
             "SELECT seq, device, event, t FROM native_log WHERE iid = ? AND seq > ? ORDER BY seq",
             (iid, after),
         ).fetchall()
-        return [{"seq": r["seq"], "device": r["device"], "t": r["t"], **json.loads(r["event"])} for r in rows]
+        # logged_at: when the sandbox logged it (a message's own "t" is its sender's, in seconds).
+        return [
+            {"seq": r["seq"], "device": r["device"], "t": r["t"], "logged_at": r["t"], **json.loads(r["event"])}
+            for r in rows
+        ]

@@ -16,10 +16,14 @@
 //            plain: uploaded as it is (a sticker from a pack), sent as content + url
 //   download {name, file?, url?, path}             -> {size, sha256}
 //            authenticated media (/_matrix/client/v1/media), decrypted when `file` is given
+//   readReceipt {name, roomId, eventId}            -> {}   (m.read, as Element sends on reading)
 //   stop    {name}                                 -> {}
+//   logout  {name}                                 -> {}   (stops, and deletes the device)
 // Every timeline event a client sees is recorded in the shape of a Matrix event, after
 // decryption; an event that fails to decrypt is recorded with "undecryptable": true and
-// recorded again if a late key lets the SDK decrypt it afterwards.
+// recorded again if a late key lets the SDK decrypt it afterwards. Read receipts are recorded
+// as {type: "m.receipt", room_id, content}. Every record carries received_at (ms since the
+// epoch), when this client saw it: the demo times each hop with it.
 import readline from "node:readline";
 import { createHash } from "node:crypto";
 import { readFile, writeFile } from "node:fs/promises";
@@ -51,6 +55,7 @@ function record(entry, ev, position) {
     undecryptable: failed,
     sender_device: ev.isEncrypted() ? (ev.getWireContent().device_id ?? null) : null,
     session_id: ev.isEncrypted() ? (ev.getWireContent().session_id ?? null) : null,
+    received_at: Date.now(),
   });
 }
 
@@ -80,6 +85,20 @@ async function login({ name, baseUrl, user, password }) {
     } else {
       record(entry, ev, position);
     }
+  });
+  client.on(sdk.RoomEvent.Receipt, (ev, room) => {
+    entry.events.push({
+      timeline_position: null,
+      event_id: null,
+      room_id: room.roomId,
+      sender: null,
+      type: "m.receipt",
+      content: ev.getContent(),
+      origin_server_ts: Date.now(),
+      encrypted: false,
+      undecryptable: false,
+      received_at: Date.now(),
+    });
   });
   const autoJoin = (room) => {
     if (room.getMyMembership() === "invite") client.joinRoom(room.roomId).catch((e) => console.log("join", e));
@@ -191,6 +210,20 @@ const ops = {
   async events({ name, since }) {
     const { events } = entryOf(name);
     return { events: events.slice(since), next: events.length };
+  },
+  async readReceipt({ name, roomId, eventId }) {
+    const { client } = entryOf(name);
+    const event = client.getRoom(roomId)?.findEventById(eventId);
+    if (!event) throw new Error(`no event ${eventId} in ${roomId}`);
+    await client.sendReadReceipt(event);
+    return {};
+  },
+  async logout({ name }) {
+    const { client } = entryOf(name);
+    client.stopClient();
+    await client.logout(true);
+    clients.delete(name);
+    return {};
   },
   async stop({ name }) {
     const { client } = entryOf(name);

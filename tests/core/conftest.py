@@ -22,8 +22,8 @@ from bridge.db.upgrade import upgrade
 from bridge.gip.client import MessageEvent
 from bridge.gip.content import Content
 from bridge.gip.jid import Jid
+from devstack.logins import enlisted_login
 from tests.core.fakes import RecordingGatekeeper, RecordingMatrix
-from tests.logins import enlisted_login
 
 ALICE = "@alice:test"
 PEER = "9@native"

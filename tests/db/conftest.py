@@ -10,7 +10,7 @@ import pytest
 
 from bridge.db.database import Database, create_database
 from bridge.db.upgrade import upgrade
-from tests.postgres import server_dsn
+from devstack.postgres import server_dsn
 
 
 @pytest.fixture(params=["sqlite", "postgres"])

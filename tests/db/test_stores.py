@@ -21,8 +21,8 @@ from bridge.signal import (
     SignedPreKeyRecord,
     generate_prekeys,
 )
+from devstack.signal_parties import LocalParty, to_bundle
 from tests.db.rows import rows_left
-from tests.signal.parties import LocalParty, to_bundle
 
 KEY = bytes(range(32))
 MXID = "@alice:example.org"

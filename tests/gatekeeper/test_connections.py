@@ -28,7 +28,7 @@ from bridge.gatekeeper.tokens import TokenIssuer
 from bridge.gip.client import Event, MessageEvent
 from bridge.gip.media import MediaType
 from bridge.gip.tokens import JwksFetcher
-from tests.sandbox.harness import INTEGRATOR, Sandbox, free_port, start_sandbox, stop_sandbox
+from devstack.sandbox import INTEGRATOR, Sandbox, free_port, start_sandbox, stop_sandbox
 
 
 @dataclass

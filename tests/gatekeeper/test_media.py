@@ -22,8 +22,8 @@ from bridge.gatekeeper.media_store import ORPHAN_GRACE_S, PartnerMediaStore
 from bridge.gip.content import Media
 from bridge.gip.errors import GipError, GipErrorCode
 from bridge.gip.media import MAX_IMAGE_BYTES, MediaType, decrypt_bytes
-from tests.logins import enlisted_login
-from tests.sandbox.harness import Sandbox, free_port, start_sandbox, stop_sandbox
+from devstack.logins import enlisted_login
+from devstack.sandbox import Sandbox, free_port, start_sandbox, stop_sandbox
 
 OWNER = "@alice:test"
 DAY = 86_400

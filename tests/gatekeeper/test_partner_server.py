@@ -15,7 +15,7 @@ from aiohttp import web
 
 from bridge.gatekeeper.partner_server import PartnerServer
 from bridge.gip.tokens import JwksFetcher, SigningKey, issue_gatekeeper_token, jwks_document
-from tests.sandbox.harness import free_port
+from devstack.sandbox import free_port
 
 GATEKEEPER_KEY = SigningKey.generate("gk-1")
 

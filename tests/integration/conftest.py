@@ -19,11 +19,11 @@ import pytest_asyncio
 
 from bridge.app import BridgeApp
 from bridge.config import EXAMPLE_PATH, dump_yaml, generate_registration, load_config, read_yaml
-from tests.integration.matrix_user import MatrixUser
-from tests.integration.synapse import Synapse, start_synapse
-from tests.peers.element_peer import ElementPeer, ElementUser, peer_available
-from tests.postgres import server_dsn
-from tests.sandbox.harness import INTEGRATOR, Sandbox, free_port, start_sandbox, stop_sandbox
+from devstack.element_client import ElementPeer, ElementUser, peer_available
+from devstack.matrix_user import MatrixUser
+from devstack.postgres import server_dsn
+from devstack.sandbox import INTEGRATOR, Sandbox, free_port, start_sandbox, stop_sandbox
+from devstack.synapse import Synapse, start_synapse
 
 _users = itertools.count(1)
 

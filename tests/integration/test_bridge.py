@@ -4,43 +4,26 @@ from __future__ import annotations
 
 import pytest
 
+from devstack import bot
+from devstack.element_client import ElementUser
+from devstack.matrix_user import MatrixUser
 from tests.integration.conftest import Stack
-from tests.integration.matrix_user import MatrixUser
-from tests.peers.element_peer import ElementUser
 
 pytestmark = pytest.mark.asyncio(loop_scope="session")
 
 
 async def management_room(stack: Stack, user: MatrixUser | ElementUser) -> str:
-    room_id = await user.create_dm(stack.bridge.matrix.bot_mxid)
-    await user.notice(room_id, "Send `help`")
-    return room_id
+    return await bot.management_room(user, stack.bridge.matrix.bot_mxid)
 
 
 async def log_in(stack: Stack, user: MatrixUser | ElementUser) -> str:
     room = await management_room(stack, user)
-    await user.say(room, "login")
-    await user.notice(room, "Do you agree?")
-    await user.say(room, "yes")
-    await user.notice(room, "European Economic Area")
-    await user.say(room, "yes")
-    await user.notice(room, "Logged in", timeout=30)
+    await bot.log_in(user, room)
     return room
 
 
 async def open_chat(stack: Stack, user: MatrixUser | ElementUser, room: str, native: dict) -> str:
-    await user.say(room, f"start-chat {native['uvid']}")
-    reply = await user.notice(room, "Opened a chat")
-    portal = reply["content"]["body"].rsplit("/", 1)[1]
-    await user.wait_for(
-        lambda e: (
-            e.get("room_id") == portal
-            and e.get("type") == "m.room.member"
-            and e.get("state_key") == user.mxid
-            and e["content"].get("membership") == "join"
-        )
-    )
-    return portal
+    return await bot.open_chat(user, room, native["uvid"])
 
 
 async def test_login_start_chat_and_text_both_ways(stack: Stack) -> None:

@@ -6,9 +6,9 @@ import asyncio
 
 import pytest
 
+from devstack.matrix_user import MatrixUser
 from tests.db.rows import rows_left
 from tests.integration.conftest import Stack
-from tests.integration.matrix_user import MatrixUser
 from tests.integration.test_bridge import log_in, open_chat
 
 pytestmark = pytest.mark.asyncio(loop_scope="session")

@@ -1,5 +1,5 @@
 """End-to-bridge encryption, proven with Element's own crypto stack (matrix-js-sdk with its
-Rust crypto, in tests/peers/element) and with python-olm (mautrix): encrypted portals both
+Rust crypto, in devstack/element) and with python-olm (mautrix): encrypted portals both
 ways, a second device, a restart, a late key, the `encrypt` command, missing homeserver
 settings, and no plaintext in Synapse's database or the bridge's."""
 
@@ -20,11 +20,11 @@ from mautrix.errors import MatrixError
 from bridge.app import BridgeApp
 from bridge.matrix.connector import StartupError
 from bridge.matrix.device import DeviceCrypto
+from devstack.element_client import ElementPeer, ElementUser
+from devstack.matrix_user import MatrixUser
 from tests.integration.conftest import Stack, build_stack, tear_down
-from tests.integration.matrix_user import MatrixUser
 from tests.integration.test_bridge import log_in, open_chat
 from tests.integration.test_chat_features import native_events
-from tests.peers.element_peer import ElementPeer, ElementUser
 
 pytestmark = pytest.mark.asyncio(loop_scope="session")
 STATUS = "com.beeper.message_send_status"

@@ -27,10 +27,10 @@ from PIL import Image
 from bridge.app import BridgeApp
 from bridge.gip.media import MediaType, decrypt_bytes
 from bridge.gip.tokens import SigningKey, issue_gatekeeper_token
+from devstack.element_client import ElementPeer, ElementUser
 from tests.integration.conftest import Stack
 from tests.integration.test_bridge import log_in, open_chat
 from tests.integration.test_chat_features import native_events
-from tests.peers.element_peer import ElementPeer, ElementUser
 
 pytestmark = pytest.mark.asyncio(loop_scope="session")
 STATUS = "com.beeper.message_send_status"

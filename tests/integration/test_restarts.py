@@ -5,15 +5,17 @@ from __future__ import annotations
 
 import asyncio
 import shutil
+import sqlite3
 from collections.abc import AsyncIterator
 
 import pytest
 import pytest_asyncio
 
+from bridge.app import BridgeApp
+from devstack.postgres import Cluster, throwaway_cluster
 from tests.integration.conftest import Stack, build_stack, tear_down
 from tests.integration.test_bridge import log_in, open_chat
 from tests.integration.test_chat_features import native_events
-from tests.postgres import Cluster, throwaway_cluster
 
 pytestmark = pytest.mark.asyncio(loop_scope="session")
 
@@ -99,3 +101,33 @@ async def test_synapse_restarted_mid_conversation(restart_stack: Stack) -> None:
     # the room afterwards, and one of them may come after a later one.
     await converse(stack, restart_synapse, strict_order=False)
     assert stack.bridge.matrix.catch_up is not None
+
+
+def _appservice_state(stack: Stack) -> str | None:
+    with sqlite3.connect(stack.synapse.directory / "data" / "homeserver.db") as db:
+        row = db.execute("SELECT state FROM application_services_state WHERE as_id = 'dma'").fetchone()
+    return row[0] if row else None
+
+
+async def test_a_homeserver_that_marked_the_bridge_down_before_its_restart_is_woken(restart_stack: Stack) -> None:
+    """Synapse marks an appservice it cannot reach as down, and after its own restart sends
+    it nothing (to-device events are dropped) until a room event for an appservice comes:
+    the bridge's start-up check must not take that for a missing setting."""
+    stack = restart_stack
+    alice = await stack.user()
+    room = await log_in(stack, alice)
+    await stack.bridge.stop()
+    await alice.say(room, "help")  # cannot be pushed: the homeserver marks the bridge down
+    for _ in range(100):
+        if _appservice_state(stack) == "down":
+            break
+        await asyncio.sleep(0.1)
+    assert _appservice_state(stack) == "down"
+    await asyncio.to_thread(stack.synapse.restart)
+    stack.bridge = BridgeApp(stack.bridge.config)
+    await stack.bridge.start()
+    # The message from while it was away is answered, and the bridge takes new ones.
+    await alice.notice(room, "Commands", timeout=60)
+    await alice.say(room, "status")
+    await alice.notice(room, "Logged in as", timeout=30)
+    await alice.close()

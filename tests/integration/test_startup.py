@@ -97,7 +97,7 @@ async def test_event_accepted_before_a_crash_is_sent_once_after_it(stack: Stack)
 
 async def test_homeserver_that_cannot_reach_the_bridge_stops_startup(stack: Stack) -> None:
     """Runs last in this module: it takes the stack's bridge down and brings it back."""
-    from tests.sandbox.harness import free_port
+    from devstack.sandbox import free_port
 
     await stack.bridge.stop()
     try:

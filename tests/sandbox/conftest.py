@@ -4,7 +4,7 @@ from collections.abc import AsyncIterator
 
 import pytest
 
-from tests.sandbox.harness import PartnerServer, Sandbox, start_sandbox, stop_sandbox
+from devstack.sandbox import PartnerServer, Sandbox, start_sandbox, stop_sandbox
 
 
 @pytest.fixture

@@ -7,7 +7,7 @@ import pytest
 from bridge.gip.client import EnlistError
 from bridge.gip.errors import GipError, GipErrorCode
 from bridge.gip.tokens import SigningKey, issue_partner_token
-from tests.sandbox.harness import INTEGRATOR, PartnerServer, Sandbox, new_partner, start_sandbox, stop_sandbox
+from devstack.sandbox import INTEGRATOR, PartnerServer, Sandbox, new_partner, start_sandbox, stop_sandbox
 
 
 async def test_enlist_ok_assigns_interop_iid(sandbox: Sandbox, partner_server: PartnerServer) -> None:

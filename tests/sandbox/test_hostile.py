@@ -12,7 +12,7 @@ from bridge.gip.errors import GipError, GipErrorCode
 from bridge.gip.jid import Jid
 from bridge.gip.noise import StaticKey
 from bridge.gip.transport import CHAT_PATH, WS_MAX_MESSAGE, client_handshake
-from tests.sandbox.harness import Partner, PartnerServer, Sandbox, new_partner
+from devstack.sandbox import Partner, PartnerServer, Sandbox, new_partner
 
 BILLION_LAUGHS = (
     b'<?xml version="1.0"?><!DOCTYPE lolz [<!ENTITY lol "lol">'

@@ -7,7 +7,7 @@ from bridge.gip.client import NotificationEvent
 from bridge.gip.content import Content
 from bridge.gip.jid import Jid
 from bridge.signal import SignedPreKeyRecord, generate_prekeys
-from tests.sandbox.harness import PartnerServer, Sandbox, new_partner
+from devstack.sandbox import PartnerServer, Sandbox, new_partner
 
 
 async def test_fetch_consumes_one_time_prekey_then_falls_back(sandbox: Sandbox, partner_server: PartnerServer) -> None:

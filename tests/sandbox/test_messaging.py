@@ -13,7 +13,7 @@ from bridge.gip.client import MessageEvent, ReceiptEvent, UndecryptableEvent
 from bridge.gip.content import Content, ContextInfo, ExtendedText, MessageKey, Reaction, Revoke
 from bridge.gip.errors import GipError, GipErrorCode
 from bridge.gip.jid import Jid
-from tests.sandbox.harness import PartnerServer, Sandbox, new_partner
+from devstack.sandbox import PartnerServer, Sandbox, new_partner
 
 
 async def test_text_both_ways_with_receipts(sandbox: Sandbox, partner_server: PartnerServer) -> None:

@@ -10,7 +10,7 @@ from bridge.gip.errors import GipError, GipErrorCode
 from bridge.gip.jid import Jid
 from bridge.sandbox.clock import Clock
 from bridge.sandbox.store import SandboxStore
-from tests.sandbox.harness import PartnerServer, Sandbox, new_partner, new_phone, start_sandbox, stop_sandbox
+from devstack.sandbox import PartnerServer, Sandbox, new_partner, new_phone, start_sandbox, stop_sandbox
 
 
 async def _lookup_error(partner, uvid: str) -> tuple[str, str]:

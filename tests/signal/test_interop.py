@@ -21,7 +21,7 @@ from bridge.signal import (
 )
 from bridge.signal.group_cipher import GroupCipher
 from bridge.signal.stores import MemorySenderKeyStore
-from tests.peers.signal_peer import (
+from devstack.signal_client import (
     IMPLEMENTATIONS,
     NodeSignalPeer,
     PeerError,
@@ -29,7 +29,7 @@ from tests.peers.signal_peer import (
     b64,
     unb64,
 )
-from tests.signal.parties import LocalParty, to_bundle
+from devstack.signal_parties import LocalParty, to_bundle
 
 pytestmark = pytest.mark.peers
 _names = itertools.count()

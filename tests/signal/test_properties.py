@@ -32,7 +32,7 @@ from bridge.signal import (
 )
 from bridge.signal.fingerprint import Fingerprint
 from bridge.signal.prekeys import PreKeyRecord, SignedPreKeyRecord
-from tests.signal.parties import LocalParty, to_bundle
+from devstack.signal_parties import LocalParty, to_bundle
 
 
 @dataclass

@@ -26,7 +26,7 @@ from bridge.signal.state import (
     MAX_UNACKNOWLEDGED_SESSION_AGE_MS,
 )
 from bridge.signal.stores import MemorySignalStore
-from tests.signal.parties import LocalParty, to_bundle
+from devstack.signal_parties import LocalParty, to_bundle
 
 
 async def _pair(clock=None) -> tuple[LocalParty, LocalParty]:
