@@ -88,7 +88,8 @@ async function login({ name, baseUrl, user, password }) {
   });
   client.on(sdk.RoomEvent.Receipt, (ev, room) => {
     entry.events.push({
-      timeline_position: null,
+      // Not a timeline event: placed where it came, between the timeline's (whose numbers it shares).
+      timeline_position: entry.arrived - 0.5,
       event_id: null,
       room_id: room.roomId,
       sender: null,
