@@ -150,6 +150,14 @@ class MediaConfig:
 
 
 @dataclass(frozen=True)
+class StateNoticesConfig:
+    """``bridge.state_notices``: what the bot tells users about their connection."""
+
+    level: str = "errors"  # errors | all | none
+    transient_delay_seconds: float = 180.0
+
+
+@dataclass(frozen=True)
 class MetricsConfig:
     """``metrics``: the Prometheus endpoint, off by default."""
 
@@ -194,6 +202,7 @@ class BridgeConfig:
     connections: ConnectionsConfig = ConnectionsConfig()
     media: MediaConfig = MediaConfig()
     metrics: MetricsConfig = MetricsConfig()
+    state_notices: StateNoticesConfig = StateNoticesConfig()
 
     @property
     def bot_mxid(self) -> str:
@@ -354,6 +363,7 @@ def parse_config(data: Any, *, require_tokens: bool = True) -> BridgeConfig:
         ),
         media=_media(data),
         metrics=_metrics(data),
+        state_notices=_state_notices(data),
         connections=ConnectionsConfig(
             max=_positive(data, "gatekeeper.connections.max"),
             concurrent_connects=_positive(data, "gatekeeper.connections.concurrent_connects"),
@@ -403,6 +413,16 @@ def _metrics(data: Any) -> MetricsConfig:
     if not host or not port.isdigit() or not 1 <= int(port) <= 65535:
         raise ConfigError(f"metrics.listen: must be host:port, got {listen!r}")
     return MetricsConfig(enabled, host.strip("[]"), int(port))
+
+
+def _state_notices(data: Any) -> StateNoticesConfig:
+    level = _get(data, "bridge.state_notices.level", str)
+    if level not in ("errors", "all", "none"):
+        raise ConfigError(f"bridge.state_notices.level: must be errors, all or none, got {level!r}")
+    delay = _get(data, "bridge.state_notices.transient_delay_seconds", (int, float))
+    if isinstance(delay, bool) or delay < 0:
+        raise ConfigError("bridge.state_notices.transient_delay_seconds: must be 0 or more")
+    return StateNoticesConfig(level, float(delay))
 
 
 def _media(data: Any) -> MediaConfig:

@@ -98,6 +98,18 @@ def test_each_problem_is_one_line_naming_the_key(config_path: Path, tmp_path: Pa
     assert str(excinfo.value) == message
 
 
+def test_state_notices_levels_and_delay(config_path: Path, tmp_path: Path) -> None:
+    generate_registration(config_path, tmp_path / "registration.yaml")
+    data = read_yaml(config_path)
+    assert parse_config(data).state_notices.level == "errors"
+    data["bridge"]["state_notices"]["level"] = "loud"
+    with pytest.raises(ConfigError, match=r"bridge\.state_notices\.level: must be errors, all or none, got 'loud'"):
+        parse_config(data)
+    data["bridge"]["state_notices"].update(level="all", transient_delay_seconds=-1)
+    with pytest.raises(ConfigError, match=r"bridge\.state_notices\.transient_delay_seconds: must be 0 or more"):
+        parse_config(data)
+
+
 def test_missing_tokens_explain_how_to_generate(config_path: Path) -> None:
     with pytest.raises(ConfigError, match=r"appservice.as_token: not set; run `python -m bridge -g`"):
         load_config(config_path)

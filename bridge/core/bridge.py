@@ -16,6 +16,7 @@ import logging
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from typing import Any
 
 import phonenumbers
 
@@ -35,7 +36,6 @@ from bridge.gip.client import (
     ReceiptEvent,
     UndecryptableEvent,
 )
-from bridge.gip.errors import GipErrorCode
 from bridge.gip.jid import Jid
 from bridge.locks import KeyedLock
 from bridge.metrics import Metrics
@@ -48,6 +48,7 @@ from .matrix_api import BridgeInfo, MatrixAPI
 from .media import MediaFlow
 from .outbound import MatrixFlow, OutboxWork
 from .portal_loop import LoopKey, LoopPolicy, PortalLoops, Transient, Work
+from .state_notices import StateNotices
 from .statuses import StatusSender
 
 log = logging.getLogger(__name__)
@@ -55,15 +56,8 @@ PROTOCOL_NAMES = {"whatsapp": "WhatsApp", "messenger": "Messenger"}
 # How long a portal holds the place of a message that did not decrypt, for its resend.
 RESEND_WAIT_MS = 10_000
 
+
 # Refusals that retry by themselves but that the user should still hear about.
-TRANSIENT_EXPLANATIONS = {
-    GipErrorCode.RATE_LIMITED: "The gatekeeper is rate limiting the bridge's connection for you; it retries by "
-    "itself in about {seconds} s. Messages you send meanwhile go out then.",
-    GipErrorCode.UNAVAILABLE: "The gatekeeper is unavailable right now; the bridge retries by itself in about "
-    "{seconds} s. Messages you send meanwhile go out then.",
-}
-
-
 @dataclass(frozen=True)
 class Texts:
     identity_changed: str = (
@@ -113,14 +107,15 @@ class _Notice(Work):
 
     durable = False
 
-    def __init__(self, core: BridgeCore, room_id: str, text: str) -> None:
+    def __init__(self, core: BridgeCore, room_id: str, text: str, extra: dict[str, Any] | None = None) -> None:
         self.name = f"notice in {room_id}"
         self._core = core
         self._room = room_id
         self._text = text
+        self._extra = extra
 
     async def run(self) -> None:
-        await self._core.matrix.send_notice(self._room, self._text)
+        await self._core.matrix.send_notice(self._room, self._text, extra=self._extra)
 
 
 class BridgeCore:
@@ -158,7 +153,7 @@ class BridgeCore:
         self.metrics.refresh_with(self._read_metrics)
         self.limits = UserLimits(config.limits)
         self.states: dict[str, StateChange] = {}
-        self._told_trouble: set[str] = set()
+        self.state_notices = StateNotices(config.state_notices, self._tell_state, self.states.get)
         self._registered: set[str] = set()  # puppets registered on the homeserver in this run
         self._portal_creation = KeyedLock()
         self.room_reload: RoomReload | None = None
@@ -240,6 +235,7 @@ class BridgeCore:
 
     async def stop(self) -> None:
         """Let every loop finish the item it is on; the rest stays stored for the next start."""
+        self.state_notices.close()
         await self.loops.stop()
         await self._tasks.settle_for(5.0)
         await self.stores.later.flush()
@@ -348,20 +344,12 @@ class BridgeCore:
         if change.state is ConnectionState.CONNECTED:
             # Loops waiting for this user's connection try again now.
             self.loops.wake(lambda key: key[0] == "portal" and key[1] == login.mxid)
-            if login.mxid in self._told_trouble:
-                self._told_trouble.discard(login.mxid)
-                self._tell(login, "Connected to the gatekeeper again.")
-        elif change.final:
-            self._tell(login, change.message)
-        elif change.code in TRANSIENT_EXPLANATIONS and login.mxid not in self._told_trouble:
-            # Said once per outage: a flapping connection must not flood the room.
-            self._told_trouble.add(login.mxid)
-            self._tell(login, TRANSIENT_EXPLANATIONS[change.code].format(seconds=round(change.retry_in or 0)))
+        self.state_notices.changed(login, change)
 
-    def _tell(self, login: Login, text: str) -> None:
+    def _tell_state(self, login: Login, text: str, state: dict[str, Any]) -> None:
         room = login.management_room
         if room:
-            self.loops.submit(room_key(room), _Notice(self, room, text))
+            self.loops.submit(room_key(room), _Notice(self, room, text, {"fi.mau.bridge_state": state}))
 
     def _submit_inbox(self, item: InboxItem) -> None:
         self.loops.submit(portal_key(item.receiver, item.peer), InboxWork(self, item.id, item.kind, item))

@@ -70,8 +70,10 @@ class MatrixAPI(Protocol):
 
     async def set_typing(self, room_id: str, sender: str, typing: bool) -> None: ...
 
-    async def send_notice(self, room_id: str, text: str, *, txn_id: str | None = None) -> str:
-        """A notice from the bridge bot."""
+    async def send_notice(
+        self, room_id: str, text: str, *, txn_id: str | None = None, extra: dict[str, Any] | None = None
+    ) -> str:
+        """A notice from the bridge bot; ``extra`` goes into its content beside the text."""
         ...
 
     async def send_status(

@@ -628,13 +628,17 @@ class MatrixConnector:
     async def set_typing(self, room_id: str, sender: str, typing: bool) -> None:
         await _calling_homeserver(self._intent(sender).set_typing(RoomID(room_id), timeout=30_000 if typing else 0))
 
-    async def send_notice(self, room_id: str, text: str, *, txn_id: str | None = None) -> str:
+    async def send_notice(
+        self, room_id: str, text: str, *, txn_id: str | None = None, extra: dict[str, Any] | None = None
+    ) -> str:
         html = re.sub(r"\*\*(.+?)\*\*", r"<strong>\1</strong>", text)
         html = re.sub(r"`([^`]+)`", r"<code>\1</code>", html).replace("\n", "<br/>")
         plain = text.replace("**", "")
         content = TextMessageEventContent(msgtype=MessageType.NOTICE, body=plain)
         if html != text:
             content.format, content.formatted_body = Format.HTML, html
+        for key, value in (extra or {}).items():
+            content[key] = value
         return await self._send(room_id, self.bot_mxid, EventType.ROOM_MESSAGE, content, txn_id=txn_id)
 
     async def redact_notice(self, room_id: str, event_id: str) -> None:

@@ -114,11 +114,14 @@ class RecordingMatrix:
     async def set_typing(self, room_id: str, sender: str, typing: bool) -> None:
         self.typing.append((room_id, sender, typing))
 
-    async def send_notice(self, room_id: str, text: str, *, txn_id: str | None = None) -> str:
+    async def send_notice(
+        self, room_id: str, text: str, *, txn_id: str | None = None, extra: dict[str, Any] | None = None
+    ) -> str:
         self.faults.check("send_notice")
         if txn_id is None or txn_id not in self._by_txn:
             self.notices.append((room_id, text))
-        return self._event(txn_id, {"kind": "notice", "room_id": room_id, "content": {"body": text}})
+        content = {"body": text, **(extra or {})}
+        return self._event(txn_id, {"kind": "notice", "room_id": room_id, "content": content})
 
     async def send_status(
         self, room_id: str, event_id: str, report: StatusReport, *, txn_id: str | None = None

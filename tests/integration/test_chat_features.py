@@ -324,7 +324,10 @@ async def test_reconnect_takes_the_connection_back(stack: Stack) -> None:
         keepalive=0,
     )
     await intruder.connect(stack.bridge.connections.tokens.for_login(login))
-    await alice.notice(room, "Another connection for your account took over")
+    taken = await alice.notice(room, "Another connection for your account took over")
+    # The notice carries the state, as mautrix bridges' do.
+    assert taken["content"]["fi.mau.bridge_state"]["state_event"] == "UNKNOWN_ERROR"
+    assert taken["content"]["fi.mau.bridge_state"]["error"] == "dma-replaced"
     await alice.say(room, "reconnect")
     await alice.notice(room, "Connected to the gatekeeper")
     await intruder.closed.wait()
