@@ -37,6 +37,7 @@ def _load(name: str) -> Callable[[bytes], None]:
     import atheris
 
     with atheris.instrument_imports(include=["bridge"]):
+        from bridge.gip import groups as gp
         from bridge.gip import stanzas as st
         from bridge.gip.content import decode_content
         from bridge.gip.errors import GipError
@@ -70,6 +71,12 @@ def _load(name: str) -> Callable[[bytes], None]:
             lambda: st.parse_rotate_signed_prekey(node),
             lambda: st.parse_fetch_bundles(node),
             lambda: st.parse_get_devices(node),
+            lambda: gp.parse_request(node),
+            lambda: gp.GroupResult.parse(node),
+            lambda: gp.parse_group_list(node),
+            lambda: gp.GroupNotice.parse(node),
+            lambda: gp.OutgoingGroupMessage.parse(node),
+            lambda: gp.IncomingGroupMessage.parse(node),
         ]
         for parse in parsers:
             with contextlib.suppress(GipError):
@@ -145,6 +152,11 @@ SEEDS: dict[str, list[bytes]] = {
         b"</user></list></iq>",
         b'<chatstate from="9.0@native" to="1-5@interop"><composing/></chatstate>',
         b'<iq type="result" id="q2"><count value="7"/></iq>',
+        b'<message from="1200@group" participant="1-5@interop" id="g1" type="text" t="1">'
+        b'<enc v="2" type="msg">AAEC</enc><enc v="2" type="skmsg">AAEC</enc></message>',
+        b'<notification id="n1" type="group" from="1200@group" participant="1-5@interop" t="1">'
+        b'<add><participant jid="9@native"/></add><group jid="1200@group" subject="s" creator="1-5@interop" t="1" '
+        b'phash="00"><participant jid="1-5@interop" type="admin"/></group></notification>',
     ],
     "content": [b"\x0a\x05hello\x01", b"\x12\x03\x0a\x01x\x02\x02"],
     "signal": [b"\x33\x0a\x21\x05" + bytes(32) + b"\x10\x01\x18\x00\x22\x04abcd" + bytes(8)],

@@ -51,9 +51,18 @@ from bridge.signal import (
 )
 from bridge.tasks import detached
 
+from . import groups as gp
 from . import stanzas as st
 from .content import Content, decode_content, encode_content
 from .errors import GipError, GipErrorCode
+from .group_client import (
+    GroupClient,
+    GroupEvent,
+    GroupMessageEvent,
+    GroupUndecryptableEvent,
+    MemorySenderKeyBook,
+    SenderKeyBook,
+)
 from .jid import Jid
 from .noise import StaticKey
 from .outgoing import MemoryRetryStore, PreparedMessage, RetryStore, SentMessage
@@ -114,8 +123,9 @@ class ReceiptEvent:
 
 @dataclass(frozen=True, slots=True)
 class ChatStateEvent:
-    sender: Jid
+    sender: Jid  # the peer, or the group
     state: st.ChatState
+    participant: Jid | None = None  # in a group: who types
 
 
 @dataclass(frozen=True, slots=True)
@@ -162,6 +172,9 @@ Event = (
     | IdentityChangedEvent
     | OfflineEvent
     | DisconnectedEvent
+    | GroupEvent
+    | GroupMessageEvent
+    | GroupUndecryptableEvent
 )
 EventHandler = Callable[[Event], Awaitable[None]]
 
@@ -177,7 +190,7 @@ def _b64url(data: bytes) -> str:
     return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
 
 
-class GipClient:
+class GipClient(GroupClient):
     def __init__(
         self,
         *,
@@ -195,6 +208,7 @@ class GipClient:
         atomic: Callable[[], AbstractAsyncContextManager[Any]] = _no_unit,
         retries: RetryStore | None = None,
         peer_locks: KeyedLock | None = None,
+        sender_keys: SenderKeyBook | None = None,
     ) -> None:
         self.base_url = base_url.rstrip("/")
         self.store = store
@@ -213,6 +227,8 @@ class GipClient:
         # database transaction); by default nothing is atomic beyond the store's own writes.
         self._atomic = atomic
         self.retries: RetryStore = retries or MemoryRetryStore()
+        self.sender_keys: SenderKeyBook = sender_keys or MemorySenderKeyBook()
+        self._groups: dict[Jid, gp.GroupInfo] = {}
         # Shared by every connection of one device, so that a new connection's decrypts
         # wait for an old one's encrypts to commit.
         self._peer_locks = peer_locks or KeyedLock()
@@ -440,12 +456,18 @@ class GipClient:
         if tag in ("iq", "ack"):
             return  # an answer nobody waits for any more (timed out)
         if tag == "message":
-            await self._on_message(st.IncomingMessage.parse(node))
+            if gp.is_group(Jid.parse(node.attr("from"))):
+                await self._on_group_message(gp.IncomingGroupMessage.parse(node))
+            else:
+                await self._on_message(st.IncomingMessage.parse(node))
         elif tag == "receipt":
             await self._on_receipt(st.Receipt.parse(node, direction="from"))
         elif tag == "chatstate":
             sender, state = st.parse_chatstate(node, direction="from")
-            await self.on_event(ChatStateEvent(sender, state))
+            await self.on_event(ChatStateEvent(sender, state, st.chatstate_participant(node)))
+        elif tag == "notification" and node.get("type") == "group":
+            await self._on_group_notice(gp.GroupNotice.parse(node))
+            await self._send(st.ack(node.attr("id"), "notification"))
         elif tag == "notification":
             await self._on_notification(node)
         elif tag == "ib":
@@ -648,6 +670,8 @@ class GipClient:
             GipError: 403 (not reachable or blocked), 429 (with ``retry_after``), or
                 CLOSED/TIMEOUT when the connection failed before the ack.
         """
+        if gp.is_group(prepared.to):
+            return await self.send_group_prepared(prepared, content, persist=persist)
         for _ in range(MAX_409_RESENDS):
             ack = await self._await(("ack", prepared.id), prepared.stanza().node())
             error = ack.get("error")
@@ -741,21 +765,22 @@ class GipClient:
             # Given up: the sender will not resend; the notice said so. Clear the mailbox.
             await self.send_receipt(message.sender, message.id)
 
+    async def _current_bundle(self) -> st.Bundle:
+        """Our bundle with a fresh one-time prekey, so that a sender can rebuild the session."""
+        identity = await self.store.get_identity_key_pair()
+        signed = await self._current_signed_prekey()
+        record = generate_prekeys(secrets.randbelow(0xFFFF00) + 1, 1)[0]
+        await self.store.store_pre_key(record)
+        return st.Bundle(
+            self.jid,
+            await self.store.get_local_registration_id(),
+            identity.public.raw,
+            st.SignedPreKey(signed.id, signed.key_pair.public.raw, signed.signature),
+            st.PreKey(record.id, record.key_pair.public.raw),
+        )
+
     async def _send_retry(self, sender: Jid, message_id: str, count: int) -> None:
-        keys = None
-        if count >= 2:
-            # A fresh bundle so that the sender can rebuild the session from scratch.
-            identity = await self.store.get_identity_key_pair()
-            signed = await self._current_signed_prekey()
-            record = generate_prekeys(secrets.randbelow(0xFFFF00) + 1, 1)[0]
-            await self.store.store_pre_key(record)
-            keys = st.Bundle(
-                self.jid,
-                await self.store.get_local_registration_id(),
-                identity.public.raw,
-                st.SignedPreKey(signed.id, signed.key_pair.public.raw, signed.signature),
-                st.PreKey(record.id, record.key_pair.public.raw),
-            )
+        keys = await self._current_bundle() if count >= 2 else None
         receipt = st.Receipt(
             message_id,
             sender,
@@ -768,7 +793,9 @@ class GipClient:
         await self._send(receipt.node(direction="to"))
 
     async def _on_receipt(self, receipt: st.Receipt) -> None:
-        if receipt.type is st.ReceiptType.RETRY:
+        if receipt.type is st.ReceiptType.RETRY and gp.is_group(receipt.peer):
+            await self._resend_group_for_retry(receipt)
+        elif receipt.type is st.ReceiptType.RETRY:
             await self._resend_for_retry(receipt)
         event = ReceiptEvent(receipt)
         await self._handle_durably(lambda: self.on_event(event), "a receipt")

@@ -20,6 +20,7 @@ from .proto.content_pb2 import (
     MessageKey,
     Reaction,
     Revoke,
+    SenderKeyDistribution,
 )
 
 __all__ = [
@@ -31,6 +32,7 @@ __all__ = [
     "MessageKey",
     "Reaction",
     "Revoke",
+    "SenderKeyDistribution",
     "decode_content",
     "encode_content",
     "pad",
@@ -67,6 +69,6 @@ def decode_content(plaintext: bytes) -> Content:
         content.ParseFromString(unpad(plaintext))
     except DecodeError:
         raise GipError(GipErrorCode.BAD_REQUEST, "plaintext is not a Content message") from None
-    if content.WhichOneof("body") is None:
+    if content.WhichOneof("body") is None and not content.HasField("sender_key_distribution"):
         raise GipError(GipErrorCode.BAD_REQUEST, "content has no body")
     return content

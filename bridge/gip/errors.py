@@ -16,6 +16,7 @@ class GipErrorCode(Enum):
     FORBIDDEN = "403"  # suspended, not reachable, or blocked
     NOT_FOUND = "404"
     NOT_ENLISTED = "405"
+    NOT_ACCEPTABLE = "406"  # over a group's limits
     CONFLICT = "409"  # replaced connection, or a stale device list
     TOO_LARGE = "413"
     VERSION = "426"

@@ -17,6 +17,7 @@ from typing import Protocol
 
 from . import stanzas as st
 from .errors import GipError, GipErrorCode
+from .groups import OutgoingGroupMessage, is_group
 from .jid import Jid
 
 
@@ -28,12 +29,17 @@ class PreparedMessage:
     t: int
     phash: str  # the hash of the device list it was fanned out to
     participants: tuple[tuple[Jid, st.Enc], ...] = field(repr=False)
+    # A group message's body, encrypted once with our sender key; ``participants`` then
+    # holds only the pairwise messages that hand the key to devices lacking it.
+    body: st.Enc | None = field(default=None, repr=False)
 
     @property
     def devices(self) -> tuple[Jid, ...]:
         return tuple(device for device, _ in self.participants)
 
-    def stanza(self) -> st.OutgoingMessage:
+    def stanza(self) -> st.OutgoingMessage | OutgoingGroupMessage:
+        if is_group(self.to):
+            return OutgoingGroupMessage(self.id, self.to, self.type, self.t, self.phash, self.participants, self.body)
         return st.OutgoingMessage(self.id, self.to, self.type, self.t, self.phash, self.participants)
 
     def serialize(self) -> bytes:
@@ -45,6 +51,7 @@ class PreparedMessage:
                 "t": self.t,
                 "phash": self.phash,
                 "enc": [[str(d), e.type.value, base64.b64encode(e.ciphertext).decode()] for d, e in self.participants],
+                "body": base64.b64encode(self.body.ciphertext).decode() if self.body is not None else None,
             },
             separators=(",", ":"),
         ).encode()
@@ -57,7 +64,8 @@ class PreparedMessage:
                 (Jid.parse(device), st.Enc(st.EncType(kind), base64.b64decode(text)))
                 for device, kind, text in raw["enc"]
             )
-            return cls(raw["id"], Jid.parse(raw["to"]), raw["type"], int(raw["t"]), raw["phash"], participants)
+            body = st.Enc(st.EncType.SKMSG, base64.b64decode(raw["body"])) if raw.get("body") else None
+            return cls(raw["id"], Jid.parse(raw["to"]), raw["type"], int(raw["t"]), raw["phash"], participants, body)
         except (ValueError, KeyError, TypeError) as exc:
             raise GipError(GipErrorCode.BAD_REQUEST, "not a prepared message") from exc
 

@@ -469,9 +469,14 @@ class Receipt:
     retry_t: int = 0
     registration_id: int | None = None
     keys: Bundle | None = None
+    # In a group (``peer`` is the group): the message's author when the Partner sends
+    # it, the reader's device when G forwards it (§9).
+    participant: Jid | None = None
 
     def node(self, *, direction: str) -> Node:
         attrs = {"id": self.id, direction: str(self.peer)}
+        if self.participant is not None:
+            attrs["participant"] = str(self.participant)
         children: list[Node] = []
         if self.type is ReceiptType.READ:
             attrs["type"] = "read"
@@ -489,13 +494,14 @@ class Receipt:
     def parse(cls, node: Node, *, direction: str) -> Receipt:
         stanza_id = check_id(node.attr("id"))
         peer = Jid.parse(node.attr(direction))
+        participant = Jid.parse(node.attrs["participant"]) if node.get("participant") else None
         kind = node.get("type")
         if kind is None:
-            return cls(stanza_id, peer, ReceiptType.DELIVERED)
+            return cls(stanza_id, peer, ReceiptType.DELIVERED, participant=participant)
         if kind == "read":
             items = node.child("list")
             ids = tuple(check_id(i.attr("id")) for i in items.all("item")) if items else (stanza_id,)
-            return cls(stanza_id, peer, ReceiptType.READ, ids or (stanza_id,))
+            return cls(stanza_id, peer, ReceiptType.READ, ids or (stanza_id,), participant=participant)
         if kind == "retry":
             retry = node.require_child("retry")
             count = retry.int_attr("count")
@@ -515,6 +521,7 @@ class Receipt:
                 retry_t=int(retry.get("t", "0") or 0) if (retry.get("t") or "0").isdigit() else 0,
                 registration_id=_bytes_int(registration.text, 4, "registration") if registration else None,
                 keys=bundle,
+                participant=participant,
             )
         raise GipError(GipErrorCode.BAD_REQUEST, "unknown receipt type")
 
@@ -527,8 +534,16 @@ class ChatState(Enum):
     PAUSED = "paused"
 
 
-def chatstate(peer: Jid, state: ChatState, *, direction: str) -> Node:
-    return Node("chatstate", {direction: str(peer)}, [Node(state.value)])
+def chatstate(peer: Jid, state: ChatState, *, direction: str, participant: Jid | None = None) -> Node:
+    """Typing; in a group, G names who types in ``participant``."""
+    attrs = {direction: str(peer)}
+    if participant is not None:
+        attrs["participant"] = str(participant)
+    return Node("chatstate", attrs, [Node(state.value)])
+
+
+def chatstate_participant(node: Node) -> Jid | None:
+    return Jid.parse(node.attrs["participant"]) if node.get("participant") else None
 
 
 def parse_chatstate(node: Node, *, direction: str) -> tuple[Jid, ChatState]:

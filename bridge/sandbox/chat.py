@@ -8,6 +8,7 @@ import logging
 
 from aiohttp import web
 
+from bridge.gip import groups as gp
 from bridge.gip import stanzas as st
 from bridge.gip.errors import GipError, GipErrorCode
 from bridge.gip.jid import Jid
@@ -99,7 +100,8 @@ class ChatConnection:
 
     async def _message(self, node: Node) -> None:
         try:
-            message = st.OutgoingMessage.parse(node)
+            to = Jid.parse(node.attr("to"))
+            message = gp.OutgoingGroupMessage.parse(node) if gp.is_group(to) else st.OutgoingMessage.parse(node)
         except GipError as exc:
             stanza_id = node.get("id")
             if not stanza_id or len(stanza_id) > st.MAX_ID_LENGTH:
@@ -108,7 +110,10 @@ class ChatConnection:
             await self.send(st.ack(stanza_id, "message", error=exc.code))
             return
         async with self.gk.batch():
-            ack, followups = await self.gk.accept_message(self.user, message)
+            if isinstance(message, gp.OutgoingGroupMessage):
+                ack, followups = await self.gk.groups.accept_message(self.user, message)
+            else:
+                ack, followups = await self.gk.accept_message(self.user, message)
         # Committed: only now is the message acknowledged.
         if self.gk.faults.ack_delay:
             await asyncio.sleep(self.gk.faults.ack_delay)
@@ -119,6 +124,9 @@ class ChatConnection:
 
     async def _chatstate(self, node: Node) -> None:
         peer, state = st.parse_chatstate(node, direction="to")
+        if gp.is_group(peer):
+            await self.gk.groups.chatstate(self.user, str(peer), state)
+            return
         native = self.gk.store.user(str(peer.bare))
         if native is not None and native.kind == "partner" and not self.gk.store.is_blocked(native.iid, self.iid):
             other = self.gk.connection(native.iid)
@@ -156,10 +164,17 @@ class ChatConnection:
             result.append(st.count_node(gk.store.count_prekeys(user.iid)))
         elif xmlns == st.XMLNS_KEYS and kind == "get" and node.child("key") is not None:
             result.append(st.bundle_list(await gk.fetch_bundles(user, st.parse_fetch_bundles(node))))
+        elif xmlns == gp.XMLNS_GROUPS:
+            async with gk.batch():
+                result.extend(await gk.groups.handle_iq(user, node))
         elif xmlns == st.XMLNS_DEVICES and kind == "get":
             for target in st.parse_get_devices(node):
                 other = gk.store.user(str(target))
-                if other is None or (other.kind == "native" and not gk.reachable(user, other)):
+                # A native is reachable for its keys when opted in, or in a group with us.
+                visible = other is not None and (
+                    other.kind != "native" or gk.reachable(user, other) or gk.groups.shares_group(user.iid, other.iid)
+                )
+                if other is None or not visible:
                     raise GipError(GipErrorCode.NOT_FOUND, "not found")
                 result.append(st.device_list_node(target, gk.device_list(other.iid)))
         elif xmlns == st.XMLNS_REACH and kind == "get":

@@ -53,6 +53,8 @@ class Policies:
     low_prekey_threshold: int = 10
     max_file_bytes: int = 100 * 1024 * 1024
     max_image_bytes: int = 16 * 1024 * 1024
+    group_max_participants: int = 256
+    group_admin_only: bool = True  # only admins add, remove, promote and demote
 
 
 @dataclass(frozen=True)
@@ -134,6 +136,8 @@ def parse_config(data: Any) -> SandboxConfig:
         low_prekey_threshold=_take(raw_policies, "low_prekey_threshold", int, 10, p),
         max_file_bytes=_take(raw_policies, "max_file_bytes", int, 100 * 1024 * 1024, p),
         max_image_bytes=_take(raw_policies, "max_image_bytes", int, 16 * 1024 * 1024, p),
+        group_max_participants=_take(raw_policies, "group_max_participants", int, 256, p),
+        group_admin_only=_take(raw_policies, "group_admin_only", bool, True, p),
     )
     port = _take(server, "port", int, 29400, "server.")
     if not 0 <= port <= 65535:

@@ -16,6 +16,7 @@ from typing import Any
 
 from aiohttp import web
 
+from bridge.gip import groups as gp
 from bridge.gip import stanzas as st
 from bridge.gip.content import (
     Content,
@@ -32,6 +33,7 @@ from bridge.gip.jid import Jid
 from bridge.gip.media import MediaType
 
 from .gatekeeper import MEDIA_KIND, Gatekeeper
+from .store import User
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 _HTTP_STATUS = {
@@ -216,6 +218,11 @@ def routes(gk: Gatekeeper) -> list[web.RouteDef]:
     async def send(request: web.Request) -> web.Response:
         iid, data = native(request), await _json(request)
         content, message_type = await _content(gk, iid, data)
+        if "group" in data:
+            group_id = await gk.groups.native_send(
+                iid, str(data["group"]), content, message_type, int(data.get("device", 0)), data.get("id")
+            )
+            return web.json_response({"id": group_id})
         message_id = await gk.native_send(
             iid,
             str(data["to"]),
@@ -342,6 +349,49 @@ def routes(gk: Gatekeeper) -> list[web.RouteDef]:
         # The key a Partner pins (gatekeeper.static_key); a real gatekeeper's comes with its Reference Offer.
         return web.json_response({"static_key": base64.b64encode(gk.noise_static.public).decode()})
 
+    def group_json(info: gp.GroupInfo) -> dict[str, Any]:
+        return {
+            "jid": str(info.jid),
+            "subject": info.subject,
+            "creator": str(info.creator),
+            "phash": info.phash,
+            "participants": [{"jid": str(p.jid), "admin": p.admin} for p in info.participants],
+        }
+
+    def actor(data: dict[str, Any], key: str) -> User:
+        user = gk.store.user(str(data[key]))
+        if user is None:
+            raise GipError(GipErrorCode.NOT_FOUND, f"no such user: {key}")
+        return user
+
+    async def create_group(request: web.Request) -> web.Response:
+        """A group made by a user (native or Partner), as its app would."""
+        data = await _json(request)
+        participants = tuple(Jid.parse(str(j)) for j in data.get("participants", []))
+        wanted = gp.GroupRequest(gp.GroupAction.CREATE, None, str(data.get("subject", "")), participants)
+        async with gk.batch():
+            result = await gk.groups.change(actor(data, "creator"), wanted)
+        assert result is not None
+        return web.json_response({**group_json(result.group), "refused": [str(j) for j in result.refused]})
+
+    async def get_group(request: web.Request) -> web.Response:
+        return web.json_response(group_json(gk.groups.info(request.match_info["jid"])))
+
+    async def change_group(request: web.Request) -> web.Response:
+        """``{actor, action, participants?, subject?}``: a participant changes the group."""
+        data = await _json(request)
+        action = gp.GroupAction(str(data["action"]))
+        if action is gp.GroupAction.CREATE:
+            raise GipError(GipErrorCode.BAD_REQUEST, "create with POST /_sandbox/groups")
+        participants = tuple(Jid.parse(str(j)) for j in data.get("participants", []))
+        group = Jid.parse(request.match_info["jid"])
+        wanted = gp.GroupRequest(action, group, str(data.get("subject", "")), participants)
+        async with gk.batch():
+            result = await gk.groups.change(actor(data, "actor"), wanted)
+        refused = [str(j) for j in result.refused] if result else []
+        info = group_json(result.group) if result else {}
+        return web.json_response({**info, "refused": refused})
+
     base = "/_sandbox"
     return [
         web.get(f"{base}/noise_key", guarded(noise_key)),
@@ -357,6 +407,9 @@ def routes(gk: Gatekeeper) -> list[web.RouteDef]:
         web.post(f"{base}/natives/{{iid}}/devices", guarded(add_device)),
         web.delete(f"{base}/natives/{{iid}}/devices/{{device}}", guarded(remove_device)),
         web.post(f"{base}/natives/{{iid}}/block", guarded(block)),
+        web.post(f"{base}/groups", guarded(create_group)),
+        web.get(f"{base}/groups/{{jid}}", guarded(get_group)),
+        web.post(f"{base}/groups/{{jid}}/change", guarded(change_group)),
         web.post(f"{base}/clock/advance", guarded(advance_clock)),
         web.post(f"{base}/faults", guarded(faults)),
         web.get(f"{base}/partners", guarded(find_partner)),

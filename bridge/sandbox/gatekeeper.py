@@ -25,6 +25,7 @@ from google.protobuf.json_format import MessageToDict
 from bridge.gip import stanzas as st
 from bridge.gip.content import Content, decode_content, encode_content
 from bridge.gip.errors import GipError, GipErrorCode
+from bridge.gip.groups import is_group
 from bridge.gip.jid import NATIVE_SERVER, PARTNER_SERVER, Jid
 from bridge.gip.media import MEDIA_TYPES, EncryptedMedia, MediaDecryptor, MediaType, encrypt_file, file_chunks
 from bridge.gip.noise import StaticKey
@@ -40,6 +41,7 @@ from bridge.tasks import BackgroundTasks
 
 from .clock import Clock
 from .config import SandboxConfig
+from .groups import SandboxGroups
 from .natives import NativeDevice
 from .policy import Faults, RateWindow, valid_native_uvid
 from .store import DeviceKeys, SandboxStore, User
@@ -116,6 +118,15 @@ class Gatekeeper:
         self._jwks = {
             i.id: JwksFetcher(self._fetcher(i.jwks_url), clock=lambda: self.clock.now()) for i in config.integrators
         }
+        self.groups = SandboxGroups(self)
+
+    @staticmethod
+    def new_stanza_id() -> str:
+        return secrets.token_hex(10).upper()
+
+    @staticmethod
+    def encode(node: Node) -> bytes:
+        return encode(node)
 
     # ------------------------------------------------------------------ set-up
 
@@ -439,7 +450,8 @@ class Gatekeeper:
         results: list[st.Bundle | st.BundleError] = []
         for jid in jids:
             target = self.store.user(str(jid.bare))
-            if target is None or (target.kind == "native" and not self.reachable(requester, target)):
+            hidden = target is not None and target.kind == "native" and not self.reachable(requester, target)
+            if target is None or (hidden and not self.groups.shares_group(requester.iid, target.iid)):
                 results.append(st.BundleError(jid, GipErrorCode.NOT_FOUND))
                 continue
             results.append(self.bundle_for(jid))
@@ -679,6 +691,11 @@ class Gatekeeper:
     # ------------------------------------------------------------------ receipts and acks from Partners
 
     async def partner_receipt(self, partner: User, receipt: st.Receipt) -> None:
+        if is_group(receipt.peer):
+            if receipt.type is st.ReceiptType.DELIVERED and receipt.participant is not None:
+                self.store.remove_from_mailbox(partner.iid, "message", receipt.id, str(receipt.participant.bare))
+            await self.groups.partner_receipt(partner, receipt)
+            return
         native_iid = str(receipt.peer.bare)
         if receipt.type is st.ReceiptType.DELIVERED:
             self.store.remove_from_mailbox(partner.iid, "message", receipt.id, native_iid)

@@ -12,8 +12,9 @@ from __future__ import annotations
 
 from .curve import PublicKey
 from .prekeys import IdentityKeyPair, PreKeyRecord, SignedPreKeyRecord
+from .sender_keys import SenderKeyRecord
 from .state import SessionRecord
-from .stores import Direction, IdentityChange, ProtocolAddress, SignalStore
+from .stores import Direction, IdentityChange, ProtocolAddress, SenderKeyStore, SignalStore
 
 
 class StagedSignalStore:
@@ -23,12 +24,15 @@ class StagedSignalStore:
         self._identities: dict[ProtocolAddress, PublicKey] = {}
         self._stored_pre_keys: dict[int, PreKeyRecord] = {}
         self._removed_pre_keys: set[int] = set()
+        self._sender_keys: dict[tuple[ProtocolAddress, str], SenderKeyRecord] = {}
         self.identity_changes: dict[ProtocolAddress, IdentityChange] = {}
         self.committed = False
 
     @property
     def dirty(self) -> bool:
-        return bool(self._sessions or self._identities or self._stored_pre_keys or self._removed_pre_keys)
+        return bool(
+            self._sessions or self._identities or self._stored_pre_keys or self._removed_pre_keys or self._sender_keys
+        )
 
     async def commit(self) -> None:
         """Write what was staged to the wrapped store: sessions first, then identities,
@@ -42,6 +46,10 @@ class StagedSignalStore:
             await self._base.store_pre_key(record)
         for pre_key_id in self._removed_pre_keys:
             await self._base.remove_pre_key(pre_key_id)
+        if self._sender_keys:
+            groups = self._group_store()
+            for (sender, distribution_id), key in self._sender_keys.items():
+                await groups.store_sender_key(sender, distribution_id, key)
         self.committed = True
 
     # ------------------------------------------------------------------ identity
@@ -103,3 +111,17 @@ class StagedSignalStore:
 
     async def store_session(self, address: ProtocolAddress, record: SessionRecord) -> None:
         self._sessions[address] = record
+
+    # ------------------------------------------------------------------ sender keys (groups)
+
+    def _group_store(self) -> SenderKeyStore:
+        if not hasattr(self._base, "load_sender_key"):
+            raise TypeError("the wrapped store keeps no sender keys")
+        return self._base  # type: ignore[return-value]
+
+    async def load_sender_key(self, sender: ProtocolAddress, distribution_id: str) -> SenderKeyRecord | None:
+        staged = self._sender_keys.get((sender, distribution_id))
+        return staged if staged is not None else await self._group_store().load_sender_key(sender, distribution_id)
+
+    async def store_sender_key(self, sender: ProtocolAddress, distribution_id: str, record: SenderKeyRecord) -> None:
+        self._sender_keys[(sender, distribution_id)] = record

@@ -1,6 +1,7 @@
+from google.protobuf.internal import containers as _containers
 from google.protobuf import descriptor as _descriptor
 from google.protobuf import message as _message
-from collections.abc import Mapping as _Mapping
+from collections.abc import Iterable as _Iterable, Mapping as _Mapping
 from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 
 DESCRIPTOR: _descriptor.FileDescriptor
@@ -16,14 +17,16 @@ class MessageKey(_message.Message):
     def __init__(self, id: _Optional[str] = ..., from_me: _Optional[bool] = ..., participant: _Optional[str] = ...) -> None: ...
 
 class ContextInfo(_message.Message):
-    __slots__ = ("stanza_id", "participant", "quoted")
+    __slots__ = ("stanza_id", "participant", "quoted", "mentioned")
     STANZA_ID_FIELD_NUMBER: _ClassVar[int]
     PARTICIPANT_FIELD_NUMBER: _ClassVar[int]
     QUOTED_FIELD_NUMBER: _ClassVar[int]
+    MENTIONED_FIELD_NUMBER: _ClassVar[int]
     stanza_id: str
     participant: str
     quoted: Content
-    def __init__(self, stanza_id: _Optional[str] = ..., participant: _Optional[str] = ..., quoted: _Optional[_Union[Content, _Mapping]] = ...) -> None: ...
+    mentioned: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, stanza_id: _Optional[str] = ..., participant: _Optional[str] = ..., quoted: _Optional[_Union[Content, _Mapping]] = ..., mentioned: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class ExtendedText(_message.Message):
     __slots__ = ("text", "context_info")
@@ -93,8 +96,17 @@ class Edit(_message.Message):
     timestamp_ms: int
     def __init__(self, key: _Optional[_Union[MessageKey, _Mapping]] = ..., text: _Optional[str] = ..., timestamp_ms: _Optional[int] = ...) -> None: ...
 
+class SenderKeyDistribution(_message.Message):
+    __slots__ = ("group_id", "axolotl")
+    GROUP_ID_FIELD_NUMBER: _ClassVar[int]
+    AXOLOTL_FIELD_NUMBER: _ClassVar[int]
+    group_id: str
+    axolotl: bytes
+    def __init__(self, group_id: _Optional[str] = ..., axolotl: _Optional[bytes] = ...) -> None: ...
+
 class Content(_message.Message):
-    __slots__ = ("text", "extended_text", "image", "video", "audio", "document", "reaction", "revoke", "edit")
+    __slots__ = ("sender_key_distribution", "text", "extended_text", "image", "video", "audio", "document", "reaction", "revoke", "edit")
+    SENDER_KEY_DISTRIBUTION_FIELD_NUMBER: _ClassVar[int]
     TEXT_FIELD_NUMBER: _ClassVar[int]
     EXTENDED_TEXT_FIELD_NUMBER: _ClassVar[int]
     IMAGE_FIELD_NUMBER: _ClassVar[int]
@@ -104,6 +116,7 @@ class Content(_message.Message):
     REACTION_FIELD_NUMBER: _ClassVar[int]
     REVOKE_FIELD_NUMBER: _ClassVar[int]
     EDIT_FIELD_NUMBER: _ClassVar[int]
+    sender_key_distribution: SenderKeyDistribution
     text: str
     extended_text: ExtendedText
     image: Media
@@ -113,4 +126,4 @@ class Content(_message.Message):
     reaction: Reaction
     revoke: Revoke
     edit: Edit
-    def __init__(self, text: _Optional[str] = ..., extended_text: _Optional[_Union[ExtendedText, _Mapping]] = ..., image: _Optional[_Union[Media, _Mapping]] = ..., video: _Optional[_Union[Media, _Mapping]] = ..., audio: _Optional[_Union[Media, _Mapping]] = ..., document: _Optional[_Union[Media, _Mapping]] = ..., reaction: _Optional[_Union[Reaction, _Mapping]] = ..., revoke: _Optional[_Union[Revoke, _Mapping]] = ..., edit: _Optional[_Union[Edit, _Mapping]] = ...) -> None: ...
+    def __init__(self, sender_key_distribution: _Optional[_Union[SenderKeyDistribution, _Mapping]] = ..., text: _Optional[str] = ..., extended_text: _Optional[_Union[ExtendedText, _Mapping]] = ..., image: _Optional[_Union[Media, _Mapping]] = ..., video: _Optional[_Union[Media, _Mapping]] = ..., audio: _Optional[_Union[Media, _Mapping]] = ..., document: _Optional[_Union[Media, _Mapping]] = ..., reaction: _Optional[_Union[Reaction, _Mapping]] = ..., revoke: _Optional[_Union[Revoke, _Mapping]] = ..., edit: _Optional[_Union[Edit, _Mapping]] = ...) -> None: ...
