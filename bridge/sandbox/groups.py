@@ -354,6 +354,8 @@ class SandboxGroups:
             participant=nd.jid,
         )
         author = message.sender
+        # The author's answer (the same id, for this device) must be let through once more.
+        self.gk.store.unmark_seen(str(author.bare), f"{message.id}/{nd.jid}")
         await self.gk.deliver(
             str(author.bare), "receipt:retry", message.id, str(nd.jid.bare), receipt.node(direction="from")
         )

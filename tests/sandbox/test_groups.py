@@ -3,6 +3,8 @@ between Partner clients and natives, with rotation and retries."""
 
 from __future__ import annotations
 
+import asyncio
+
 import pytest
 
 from bridge.gip import groups as gp
@@ -197,3 +199,75 @@ async def test_subject_typing_and_read_receipts_name_the_participant(
     assert read.receipt.peer == group and sent in read.receipt.message_ids
     for partner in (alice, bob):
         await partner.client.close()
+
+
+async def test_an_offline_participant_is_pushed_and_gets_each_group_message_once(
+    sandbox: Sandbox, partner_server: PartnerServer
+) -> None:
+    alice = await new_partner(sandbox, partner_server)
+    bob = await new_partner(sandbox, partner_server)
+    native = await sandbox.native()
+    members = [alice.client.iid, bob.client.iid]
+    made = await sandbox.control(
+        "POST", "/groups", {"creator": native["iid"], "subject": "Away", "participants": members}
+    )
+    await bob.wait_for(lambda e: isinstance(e, GroupEvent))
+    await bob.client.close()
+    pushes = len(partner_server.pushes)
+    ids = [
+        (await sandbox.control("POST", f"/natives/{native['iid']}/send", {"group": made["jid"], "text": f"m{i}"}))["id"]
+        for i in range(3)
+    ]
+    await sandbox.gatekeeper.settle()
+    assert len(partner_server.pushes) == pushes + 1, "one push until bob connects"
+    await bob.connect()
+    for message_id in ids:
+        got = await bob.wait_for(lambda e, m=message_id: isinstance(e, GroupMessageEvent) and e.id == m)
+        assert got.offline
+    await bob.client.close()
+    before = len(group_messages(bob))
+    await bob.connect()
+    await bob.client.ping()
+    assert len(group_messages(bob)) == before, "acknowledged: not delivered again"
+    for partner in (alice, bob):
+        await partner.client.close()
+
+
+async def test_a_reinstalled_native_asks_again_and_the_partner_answers_pairwise(
+    sandbox: Sandbox, partner_server: PartnerServer
+) -> None:
+    alice = await new_partner(sandbox, partner_server)
+    native = await sandbox.native()
+    group = (await alice.client.create_group("Phones", [Jid.parse(native["iid"])])).group.jid
+    await alice.client.send_group_message(group, Content(text="before"))
+    await sandbox.gatekeeper.settle()
+    # The phone is reinstalled without telling anyone: it holds no session and no key now,
+    # while alice believes it holds her sender key and sends the body alone.
+    await sandbox.control("POST", f"/natives/{native['iid']}/reinstall", {"device": 0, "notify": False})
+    lost = await alice.client.send_group_message(group, Content(text="after the reinstall"))
+    for _ in range(100):
+        texts = [t for _, t in await native_group_texts(sandbox, native["iid"], str(group))]
+        if "after the reinstall" in texts:
+            break
+        await asyncio.sleep(0.05)
+    assert "after the reinstall" in texts, "asked again (with a fresh bundle) and answered pairwise"
+    asked = [e for e in await sandbox.events(native["iid"], "undecryptable") if e.get("id") == lost]
+    assert asked, "the first copy did not decrypt"
+    await alice.client.close()
+
+
+async def test_groups_survive_a_sandbox_restart(partner_server: PartnerServer, tmp_path) -> None:
+    from bridge.sandbox.store import SandboxStore
+    from devstack.sandbox import start_sandbox, stop_sandbox
+
+    path = str(tmp_path / "sandbox.db")
+    first = await start_sandbox(partner_server, store=SandboxStore(path), media_dir=tmp_path / "media")
+    native, other = await first.native(), await first.native()
+    made = await first.control(
+        "POST", "/groups", {"creator": native["iid"], "subject": "Kept", "participants": [other["iid"]]}
+    )
+    await stop_sandbox(first)
+    second = await start_sandbox(partner_server, store=SandboxStore(path), media_dir=tmp_path / "media")
+    kept = await second.control("GET", f"/groups/{made['jid']}")
+    assert kept["subject"] == "Kept" and [p["jid"] for p in kept["participants"]] == [native["iid"], other["iid"]]
+    await stop_sandbox(second)
