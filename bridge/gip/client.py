@@ -229,6 +229,8 @@ class GipClient(GroupClient):
         self.retries: RetryStore = retries or MemoryRetryStore()
         self.sender_keys: SenderKeyBook = sender_keys or MemorySenderKeyBook()
         self._groups: dict[Jid, gp.GroupInfo] = {}
+        self._group_devices: dict[tuple[Jid, str], list[Jid]] = {}
+        self._jid: Jid | None = None
         # Shared by every connection of one device, so that a new connection's decrypts
         # wait for an old one's encrypts to commit.
         self._peer_locks = peer_locks or KeyedLock()
@@ -260,7 +262,9 @@ class GipClient(GroupClient):
     def jid(self) -> Jid:
         if self.iid is None:
             raise GipError(GipErrorCode.NOT_ENLISTED, "not enlisted")
-        return Jid.parse(self.iid)
+        if self._jid is None or str(self._jid) != self.iid:  # parsed once per IID
+            self._jid = Jid.parse(self.iid)
+        return self._jid
 
     @property
     def connected(self) -> bool:
@@ -848,6 +852,7 @@ class GipClient(GroupClient):
         sender = Jid.parse(node.attrs["from"]) if node.get("from") else None
         if kind in ("devices", "identity") and sender is not None:
             self._devices.pop(sender.bare, None)
+            self._group_devices.clear()  # a group with this user must be counted again
             self._no_bundle = {d for d in self._no_bundle if d.bare != sender.bare}
         event = NotificationEvent(kind, sender, node)
         await self._handle_durably(lambda: self.on_event(event), "a notification")

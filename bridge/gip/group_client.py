@@ -113,6 +113,7 @@ class GroupClient:
         _peer_locks: KeyedLock
         _atomic: Callable[[], AbstractAsyncContextManager[Any]]
         _groups: dict[Jid, gp.GroupInfo]
+        _group_devices: dict[tuple[Jid, str], list[Jid]]
 
         @property
         def jid(self) -> Jid: ...
@@ -182,13 +183,19 @@ class GroupClient:
     # ------------------------------------------------------------------ sending
 
     async def _participant_devices(self, info: gp.GroupInfo, *, refresh: bool = False) -> list[Jid]:
-        """Every device of every participant, ours included (the group hash covers all)."""
+        """Every device of every participant, ours included (the group hash covers all);
+        kept per group view until a device list changes (see ``_on_notification``)."""
+        key = (info.jid, info.phash)
+        cached = self._group_devices.get(key)
+        if cached is not None and not refresh:
+            return cached
         devices: list[Jid] = []
         for user in info.members:
             if user == self.jid.bare:
                 devices.append(self.jid)
                 continue
             devices.extend((await self.get_devices(user, refresh=refresh)).devices())
+        self._group_devices[key] = devices
         return devices
 
     async def _holding(self, users: Iterable[Jid]) -> contextlib.AsyncExitStack:
@@ -239,14 +246,18 @@ class GroupClient:
         stage = StagedSignalStore(self.store)
         cipher = GroupCipher(stage, str(group))
         own = self.jid.signal_address()
-        distribution = await cipher.create_distribution_message(own)
         holders = await self.sender_keys.holders(group)
-        others = [d for d in devices if d != self.jid]
-        needing = [d for d in others if d not in holders and d not in done]
+        me = self.jid
+        needing = [d for d in devices if d != me and d not in holders and d not in done]
         changes: list[IdentityChangedEvent] = []
         async with await self._holding(d.bare for d in needing):
             failed = set(await self._open_sessions(stage, needing, changes))
-            handover = encode_content(_key_content(group, distribution))
+            handover = b""
+            ours = await stage.load_sender_key(own, str(group))
+            if needing or ours is None or not ours.states:
+                # Our key (made on first use, or after a rotation), for whoever lacks it.
+                distribution = await cipher.create_distribution_message(own)
+                handover = encode_content(_key_content(group, distribution))
             participants = dict(done)
             for device in needing:
                 if device in failed:
