@@ -36,12 +36,14 @@ from bridge.gip.client import (
     ReceiptEvent,
     UndecryptableEvent,
 )
+from bridge.gip.group_client import GroupEvent, GroupMessageEvent, GroupUndecryptableEvent
 from bridge.gip.jid import Jid
 from bridge.locks import KeyedLock
 from bridge.metrics import Metrics
 from bridge.tasks import BackgroundTasks
 
-from .gatekeeper_api import GatekeeperAPI
+from .gatekeeper_api import GatekeeperAPI, GroupMember, GroupView
+from .groups import GroupPortals, is_group, notice_payload
 from .inbound import InboxWork, ReceiptWork
 from .limits import UserLimits
 from .matrix_api import BridgeInfo, MatrixAPI
@@ -91,7 +93,8 @@ class RecentIds:
 
 
 def portal_key(receiver: str, peer: str) -> LoopKey:
-    return ("portal", receiver, peer)
+    # A group's work runs in one loop whoever received it: each message is posted once.
+    return ("portal", "" if is_group(peer) else receiver, peer)
 
 
 def room_key(room_id: str) -> LoopKey:
@@ -155,7 +158,8 @@ class BridgeCore:
         self.states: dict[str, StateChange] = {}
         self.state_notices = StateNotices(config.state_notices, self._tell_state, self.states.get)
         self._registered: set[str] = set()  # puppets registered on the homeserver in this run
-        self._portal_creation = KeyedLock()
+        self.portal_creation = KeyedLock()
+        self.groups = GroupPortals(self)
         self.room_reload: RoomReload | None = None
         self.started = False
         self.resend_wait_ms = RESEND_WAIT_MS
@@ -313,7 +317,7 @@ class BridgeCore:
     async def ensure_portal(self, login: Login, peer: str, uvid: str | None = None) -> tuple[Portal, Puppet]:
         """The portal of ``login``'s chat with ``peer``, created on first use."""
         puppet = await self.ensure_puppet(peer, uvid)
-        async with self._portal_creation((login.mxid, peer)):
+        async with self.portal_creation((login.mxid, peer)):
             portal = await self.portals.get(login.mxid, peer)
             if portal is not None and portal.room_id:
                 return portal, puppet
@@ -370,11 +374,13 @@ class BridgeCore:
         if event is not None:
             event.set()
 
-    async def _store(self, login: Login, sender: Jid, gk_id: str, kind: str, payload: bytes, t: int | None) -> None:
+    async def _store(
+        self, login: Login, sender: Jid, gk_id: str, kind: str, payload: bytes, t: int | None, *, peer: str = ""
+    ) -> None:
         item, new = await self.inbox.accept(
             receiver=login.mxid,
             sender=str(sender),
-            peer=str(sender.bare),
+            peer=peer or str(sender.bare),
             gk_id=gk_id,
             kind=kind,
             payload=payload,
@@ -398,6 +404,34 @@ class BridgeCore:
             )
             if event.identity_changed:
                 await self._store(login, event.sender, event.id, "identity", b"", event.t * 1000)
+        elif isinstance(event, GroupMessageEvent):
+            group = str(event.group)
+            await self.remember_puppet(str(event.sender.bare), event.sender_uvid)
+            payload = event.content.SerializeToString()
+            await self._store(login, event.sender, event.id, event.type, payload, event.t * 1000, peer=group)
+        elif isinstance(event, GroupEvent):
+            notice = event.notice
+            view = None
+            if notice.info is not None:
+                members = tuple(GroupMember(str(p.jid), p.uvid, p.admin) for p in notice.info.participants)
+                view = GroupView(str(notice.group), notice.info.subject, members)
+                for member in members:
+                    if member.uvid:
+                        await self.remember_puppet(member.iid, member.uvid)
+            payload = notice_payload(
+                str(notice.group),
+                str(notice.actor),
+                notice.action.value,
+                [str(p) for p in notice.participants],
+                notice.subject,
+                view,
+            )
+            await self._store(
+                login, notice.actor, f"group/{notice.id}", "group", payload, notice.t * 1000, peer=str(notice.group)
+            )
+        elif isinstance(event, GroupUndecryptableEvent):
+            if event.retry_count == 1:
+                self.metrics.undecryptable("gatekeeper")
         elif isinstance(event, ReceiptEvent):
             receipt = event.receipt
             if receipt.type is st.ReceiptType.RETRY:
@@ -407,13 +441,17 @@ class BridgeCore:
                 # the portal's order, and one lost to a crash loses no message (the next
                 # read receipt covers the earlier ones).
                 peer = str(receipt.peer.bare)
-                work = ReceiptWork(self, login.mxid, peer, receipt.type.value, receipt.id, list(receipt.message_ids))
+                reader = str(receipt.participant.bare) if receipt.participant is not None else peer
+                work = ReceiptWork(
+                    self, login.mxid, peer, receipt.type.value, receipt.id, list(receipt.message_ids), reader=reader
+                )
                 self.loops.submit(portal_key(login.mxid, peer), work)
         elif isinstance(event, ChatStateEvent):
             peer = str(event.sender.bare)
+            typist = str(event.participant.bare) if event.participant is not None else peer
             self.loops.submit(
                 portal_key(login.mxid, peer),
-                Transient(f"typing from {peer}", lambda: self._typing(login, peer, event.state)),
+                Transient(f"typing from {typist}", lambda: self._typing(login, peer, event.state, typist)),
             )
         elif isinstance(event, IdentityChangedEvent):
             # Found by the bridge itself: inside the unit that stores the new session.
@@ -430,9 +468,9 @@ class BridgeCore:
             elif event.retry_count > st.MAX_RETRY_COUNT:
                 await self._store(login, event.sender, f"{event.id}/gave-up", "undecryptable", b"", None)
 
-    async def _typing(self, login: Login, peer: str, state: st.ChatState) -> None:
+    async def _typing(self, login: Login, peer: str, state: st.ChatState, typist: str) -> None:
         portal = await self.portals.get(login.mxid, peer)
-        puppet = await self.puppets.get(peer)
+        puppet = await self.puppets.get(typist)
         if portal and portal.room_id and puppet:
             await self.matrix.set_typing(portal.room_id, puppet.mxid, state is st.ChatState.COMPOSING)
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import shlex
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
@@ -349,6 +350,32 @@ async def start_chat_command(ctx: Context) -> None:
         return
     portal, puppet = await ctx.core.ensure_portal(ctx.login, jid, ctx.args[0])
     await ctx.reply(f"Opened a chat with {puppet.displayname}: https://matrix.to/#/{portal.room_id}")
+
+
+@command(
+    "create-group",
+    'Start a group: `create-group <name> <identifier>…` (quote a name with spaces: `create-group "Book club" …`).',
+    needs_login=True,
+)
+async def create_group_command(ctx: Context) -> None:
+    try:
+        words = shlex.split(" ".join(ctx.args))
+    except ValueError:
+        words = []
+    if len(words) < 2 or ctx.login is None:
+        await ctx.reply('Say a name and whom: for example `create-group "Book club" +4915112345678 +4915187654321`.')
+        return
+    name, identifiers = words[0], words[1:]
+    peers: list[str] = []
+    for identifier in identifiers:
+        peers.append(await ctx.core.gatekeeper.lookup(ctx.sender, identifier))
+    view, refused = await ctx.core.gatekeeper.create_group(ctx.sender, name, peers)
+    portal = await ctx.core.groups.ensure(ctx.login, view.jid, view)
+    text = f"Created the group {name}: https://matrix.to/#/{portal.room_id}"
+    if refused:
+        names = [identifiers[peers.index(p)] for p in refused if p in peers]
+        text += f"\n{ctx.core.network} did not let you add {', '.join(names)}: they cannot be reached from here."
+    await ctx.reply(text)
 
 
 @command("resolve", "Check whether someone can be reached: `resolve <identifier>`.", needs_login=True)

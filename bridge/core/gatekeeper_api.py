@@ -8,6 +8,7 @@ are ``GipError``s, whose codes the core turns into statuses and notices.
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
 
@@ -17,6 +18,25 @@ from bridge.signal import PublicKey
 
 # Called inside the transaction that stores the advanced Signal sessions.
 Persist = Callable[[bytes], Awaitable[None]]
+
+
+@dataclass(frozen=True)
+class GroupMember:
+    iid: str
+    uvid: str
+    admin: bool
+
+
+@dataclass(frozen=True)
+class GroupView:
+    """A group as the gatekeeper holds it: its address, subject and participants."""
+
+    jid: str
+    subject: str
+    members: tuple[GroupMember, ...]
+
+    def member(self, iid: str) -> GroupMember | None:
+        return next((m for m in self.members if m.iid == iid), None)
 
 
 class GatekeeperAPI(Protocol):
@@ -69,6 +89,18 @@ class GatekeeperAPI(Protocol):
     async def send_read(self, mxid: str, peer: str, message_ids: list[str]) -> None: ...
 
     async def send_typing(self, mxid: str, peer: str, composing: bool) -> None: ...
+
+    # ------------------------------------------------------------------ groups
+
+    async def group_view(self, mxid: str, group: str) -> GroupView:
+        """The group as the gatekeeper holds it now. Raises GipError NOT_FOUND when the
+        user is not in it."""
+        ...
+
+    async def create_group(self, mxid: str, subject: str, peers: list[str]) -> tuple[GroupView, list[str]]:
+        """A new group with ``peers``; returns it and the peers the gatekeeper refused (403:
+        not reachable)."""
+        ...
 
     # ------------------------------------------------------------------ for the commands
 

@@ -24,6 +24,7 @@ from bridge.metrics import TO_MATRIX
 from bridge.msgconv import convert
 
 from .errors import Refused
+from .groups import bare, group_txn_id, is_group
 from .matrix_api import SendStatus, StatusReport
 from .media import DownloadDelayed
 from .portal_loop import Work
@@ -35,6 +36,8 @@ log = logging.getLogger(__name__)
 
 
 def txn_id(item: InboxItem, part: str = "") -> str:
+    if is_group(item.peer):
+        return group_txn_id(item.peer, item.sender, item.gk_id, part)
     return f"dma-in-{item.id}{'-' + part if part else ''}"
 
 
@@ -73,6 +76,8 @@ class InboxWork(Work):
             ids = json.loads(item.payload)
             await ReceiptWork(core, login.mxid, item.peer, item.kind.split(":", 1)[1], item.gk_id, ids).run()
             return None
+        if is_group(item.peer):
+            return await self._apply_group(login, item)
         portal, puppet = await core.ensure_portal(login, item.peer)
         assert portal.room_id is not None
         if item.kind == "identity":
@@ -87,6 +92,28 @@ class InboxWork(Work):
         assert item.payload is not None
         content.ParseFromString(item.payload)
         return await self._post(login, portal, puppet, item, convert.gip_content(content))
+
+    async def _apply_group(self, login: Login, item: InboxItem) -> str | None:
+        """A group's change, or a group message posted once for every local member."""
+        core = self.core
+        assert item.payload is not None
+        if item.kind == "group":
+            await core.groups.apply(login, item.payload)
+            return None
+        portal = await core.groups.ensure(login, item.peer)
+        assert portal.room_id is not None
+        present, event_id = await core.groups.mapped_copy(login, portal, item.peer, item.sender, item.gk_id)
+        content = Content()
+        content.ParseFromString(item.payload)
+        incoming = convert.gip_content(content)
+        if present and incoming.kind in ("message", "media"):
+            return event_id
+        author = await core.logins.by_iid(bare(item.sender))
+        if author is not None:
+            return None  # a local member's own edit, reaction or deletion: done in Matrix already
+        puppet = await core.ensure_puppet(bare(item.sender))
+        await core.matrix.join_puppet(portal.room_id, puppet.mxid)
+        return await self._post(login, portal, puppet, item, incoming)
 
     async def _resent_in_time(self, item: InboxItem) -> bool:
         """A message that did not decrypt holds its place in the portal for a short while:
@@ -197,10 +224,13 @@ class ReceiptWork(Work):
 
     durable = False
 
-    def __init__(self, core: BridgeCore, receiver: str, peer: str, kind: str, gk_id: str, ids: list[str]) -> None:
+    def __init__(
+        self, core: BridgeCore, receiver: str, peer: str, kind: str, gk_id: str, ids: list[str], *, reader: str = ""
+    ) -> None:
         self.core = core
         self.receiver = receiver
         self.peer = peer
+        self.reader = reader or peer  # in a group, the participant who got or read it
         self.kind = kind
         self.gk_id = gk_id
         self.ids = ids or [gk_id]
@@ -209,7 +239,7 @@ class ReceiptWork(Work):
     async def run(self) -> None:
         core = self.core
         portal = await core.portals.get(self.receiver, self.peer)
-        puppet = await core.puppets.get(self.peer)
+        puppet = await core.puppets.get(self.reader)
         if portal is None or portal.room_id is None or puppet is None:
             return
         if self.kind == st.ReceiptType.DELIVERED.value:

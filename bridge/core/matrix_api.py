@@ -53,6 +53,26 @@ class MatrixAPI(Protocol):
         """A DM room made by the puppet with the receiver invited; returns its room id."""
         ...
 
+    async def create_group_portal(
+        self, *, name: str, topic: str, info: BridgeInfo, encrypted: bool, invite: list[str]
+    ) -> str:
+        """A group room made by the bot, the local members invited; returns its room id."""
+        ...
+
+    async def invite(self, room_id: str, mxid: str) -> None:
+        """Invite a local user (the bot's invitation); nothing when already in."""
+        ...
+
+    async def join_puppet(self, room_id: str, puppet: str) -> None:
+        """The puppet joins (invited by the bot first); nothing when already in."""
+        ...
+
+    async def remove_member(self, room_id: str, mxid: str, reason: str) -> None:
+        """A puppet leaves, or a local user is removed (kicked by the bot)."""
+        ...
+
+    async def set_room_name(self, room_id: str, name: str) -> None: ...
+
     async def send_message(
         self, room_id: str, sender: str, content: dict[str, Any], *, txn_id: str, timestamp_ms: int | None = None
     ) -> str:

@@ -24,6 +24,7 @@ from bridge.metrics import TO_GATEKEEPER
 from bridge.msgconv import convert, media
 
 from .errors import Unavailable, retry_after
+from .groups import is_group
 from .matrix_api import SendStatus, StatusReport
 from .portal_loop import Work
 
@@ -161,7 +162,20 @@ class MatrixFlow:
         portal = await core.portals.by_room(room_id)
         if portal is None:
             return None
-        if portal.receiver != sender:
+        if is_group(portal.peer):
+            # A group's room is shared: each member writes with their own login. There is
+            # no relay: someone without one cannot write to the other side.
+            own = await core.portals.get(sender, portal.peer)
+            if own is None:
+                if event_id is not None:
+                    text = (
+                        f"Only members who logged in to {core.network} and are in this group there can write to it "
+                        "(there is no relay); send `login` to the bridge bot."
+                    )
+                    await self._not_delivered(room_id, event_id, text)
+                return None
+            portal = own
+        elif portal.receiver != sender:
             if event_id is not None:
                 self._refuse(
                     room_id, event_id, "m.no_permission", "Only the owner of this chat can write to the other side."

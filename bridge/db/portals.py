@@ -106,6 +106,11 @@ class PortalStore:
         )
         return self._remember(Portal(receiver, peer, room_id, encrypted, now))
 
+    async def of_peer(self, peer: str) -> list[Portal]:
+        """Every local member's row of a group's portal (they share one room)."""
+        rows = await self._db.fetch("SELECT * FROM portals WHERE peer = $1 ORDER BY created_at", peer)
+        return [self._remember(_portal(r)) for r in rows]
+
     async def set_encrypted(self, portal: Portal) -> Portal:
         await self._db.execute(
             "UPDATE portals SET encrypted = $3 WHERE receiver = $1 AND peer = $2", portal.receiver, portal.peer, True
@@ -212,6 +217,11 @@ class MessageStore:
             "SELECT * FROM messages WHERE receiver = $1 AND peer = $2 AND gk_id = $3", receiver, peer, gk_id
         )
         return self._remember(_message(row)) if row else None
+
+    async def posted(self, peer: str, gk_id: str) -> MessageRef | None:
+        """A group message as any local member's copy mapped it: posted once for all."""
+        row = await self._db.fetchrow("SELECT * FROM messages WHERE peer = $1 AND gk_id = $2 LIMIT 1", peer, gk_id)
+        return _message(row) if row else None
 
     async def by_event(self, room_id: str, event_id: str) -> MessageRef | None:
         cached = self._by_event.get((room_id, event_id))

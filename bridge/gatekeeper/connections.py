@@ -28,6 +28,7 @@ import aiohttp
 from bridge.config import ConnectionsConfig
 from bridge.db.logins import Login, LoginState
 from bridge.db.retries import DbRetryStore
+from bridge.db.sender_keys import SenderKeyHolders
 from bridge.db.signal_store import DbSignalStore
 from bridge.db.stores import Stores
 from bridge.gip.client import Event, GipClient, NotificationEvent
@@ -80,6 +81,7 @@ class DeviceState:
     store: DbSignalStore
     peer_locks: KeyedLock
     retries: DbRetryStore
+    sender_keys: SenderKeyHolders
 
 
 class UserConnection:
@@ -198,6 +200,7 @@ class UserConnection:
             atomic=self._m.stores.db.batch,
             retries=device.retries,
             peer_locks=device.peer_locks,
+            sender_keys=device.sender_keys,
         )
         await self._set(StateChange(ConnectionState.CONNECTING, None, "Connecting to the gatekeeper."))
         async with self._m.slot():
@@ -315,7 +318,8 @@ class ConnectionManager:
         state = self._devices.get(login.mxid)
         if state is None:
             store = DbSignalStore(self.stores.db, self.stores.sealer, login.mxid, login.identity, login.registration_id)
-            state = DeviceState(store, KeyedLock(), DbRetryStore(self.stores.db, self.stores.outbox, login.mxid))
+            retries = DbRetryStore(self.stores.db, self.stores.outbox, login.mxid)
+            state = DeviceState(store, KeyedLock(), retries, SenderKeyHolders(self.stores.db, login.mxid))
             self._devices[login.mxid] = state
         return state
 

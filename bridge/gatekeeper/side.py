@@ -14,13 +14,14 @@ from pathlib import Path
 
 import aiohttp
 
-from bridge.core.gatekeeper_api import Persist
+from bridge.core.gatekeeper_api import GroupMember, GroupView, Persist
 from bridge.db.logins import Login
 from bridge.db.stores import Stores
 from bridge.gip import stanzas as st
 from bridge.gip.client import GipClient
 from bridge.gip.content import Content, Media
 from bridge.gip.errors import GipError, GipErrorCode
+from bridge.gip.groups import GroupInfo, is_group
 from bridge.gip.jid import Jid
 from bridge.gip.media import MediaType
 from bridge.gip.outgoing import PreparedMessage
@@ -83,7 +84,11 @@ class GatekeeperSide:
         async def store(prepared: PreparedMessage) -> None:
             await persist(prepared.serialize())
 
-        prepared = await client.encrypt_message(Jid.parse(peer), content, message_type, message_id, persist=store)
+        to = Jid.parse(peer)
+        if is_group(to):
+            prepared = await client.encrypt_group_message(to, content, message_type, message_id, persist=store)
+        else:
+            prepared = await client.encrypt_message(to, content, message_type, message_id, persist=store)
         return prepared.serialize()
 
     async def send(self, mxid: str, prepared: bytes, content: Content, persist: Persist) -> None:
@@ -122,6 +127,13 @@ class GatekeeperSide:
         state = st.ChatState.COMPOSING if composing else st.ChatState.PAUSED
         await self._client(mxid).send_typing(Jid.parse(peer), state)
 
+    async def group_view(self, mxid: str, group: str) -> GroupView:
+        return _view(await self._client(mxid).group_info(Jid.parse(group), refresh=True))
+
+    async def create_group(self, mxid: str, subject: str, peers: list[str]) -> tuple[GroupView, list[str]]:
+        result = await self._client(mxid).create_group(subject, [Jid.parse(p) for p in peers])
+        return _view(result.group), [str(j) for j in result.refused]
+
     async def enlist(self, login: Login) -> str:
         return await enlist(self._stores, login, base_url=self._base_url, tokens=self._tokens, http=self._http)
 
@@ -149,3 +161,8 @@ class GatekeeperSide:
     def forget(self, mxid: str) -> None:
         self._paused_until.pop(mxid, None)
         self.manager.forget(mxid)
+
+
+def _view(info: GroupInfo) -> GroupView:
+    members = tuple(GroupMember(str(p.jid), p.uvid, p.admin) for p in info.participants)
+    return GroupView(str(info.jid), info.subject, members)

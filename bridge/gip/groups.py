@@ -50,6 +50,8 @@ MEMBER_ACTIONS = (GroupAction.ADD, GroupAction.REMOVE, GroupAction.PROMOTE, Grou
 class Participant:
     jid: Jid
     admin: bool = False
+    # (ours) The user-visible identifier: members of a group see each other's numbers.
+    uvid: str = ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -78,7 +80,10 @@ class GroupInfo:
             "phash": self.phash,
         }
         children = [
-            Node("participant", {"jid": str(p.jid), "type": "admin" if p.admin else "member"})
+            Node(
+                "participant",
+                {"jid": str(p.jid), "type": "admin" if p.admin else "member", **({"uvid": p.uvid} if p.uvid else {})},
+            )
             for p in self.participants
         ]
         return Node("group", attrs, children)
@@ -93,7 +98,8 @@ class GroupInfo:
             kind = child.get("type", "member")
             if kind not in ("admin", "member"):
                 raise GipError(GipErrorCode.BAD_REQUEST, "participant type must be admin or member")
-            participants.append(Participant(Jid.parse(child.attr("jid")).bare, kind == "admin"))
+            uvid = child.get("uvid", "") or ""
+            participants.append(Participant(Jid.parse(child.attr("jid")).bare, kind == "admin", uvid[:64]))
         return cls(
             jid,
             _subject(node.get("subject", "") or ""),

@@ -604,6 +604,61 @@ class MatrixConnector:
         await _calling_homeserver(self.az.intent.ensure_joined(room_id))
         return room_id
 
+    async def create_group_portal(
+        self, *, name: str, topic: str, info: BridgeInfo, encrypted: bool, invite: list[str]
+    ) -> str:
+        state: list[dict[str, Any]] = [
+            {"type": event_type, "state_key": info.state_key, "content": info.content} for event_type in BRIDGE_STATE
+        ]
+        if encrypted:
+            if self.e2ee is None:
+                raise Refused("encryption", "an encrypted portal needs bridge.encryption.allow")
+            state.append({"type": str(EventType.ROOM_ENCRYPTION), "content": self._encryption_content()})
+        room_id = await _calling_homeserver(
+            self.az.intent.create_room(
+                name=name,
+                topic=topic,
+                invitees=[UserID(m) for m in invite],
+                initial_state=state,
+                # The bot creates it, so it has full power by its role (room version 12).
+            )
+        )
+        await self.state_store.set_membership(room_id, UserID(self.bot_mxid), Membership.JOIN)
+        for mxid in invite:
+            await self.state_store.set_membership(room_id, UserID(mxid), Membership.INVITE)
+        if encrypted:
+            content = RoomEncryptionStateEventContent.deserialize(self._encryption_content())
+            await self.state_store.set_encryption_info(room_id, content)
+        else:
+            await self.state_store.set_unencrypted(room_id)
+        return room_id
+
+    async def invite(self, room_id: str, mxid: str) -> None:
+        membership = await self.state_store.get_membership(RoomID(room_id), UserID(mxid))
+        if membership in (Membership.JOIN, Membership.INVITE):
+            return
+        await _calling_homeserver(self.az.intent.invite_user(RoomID(room_id), UserID(mxid)))
+        await self.state_store.set_membership(room_id, UserID(mxid), Membership.INVITE)
+
+    async def join_puppet(self, room_id: str, puppet: str) -> None:
+        if await self.state_store.get_membership(RoomID(room_id), UserID(puppet)) == Membership.JOIN:
+            return
+        await _calling_homeserver(self._intent(puppet).ensure_joined(RoomID(room_id), bot=self.az.intent))
+        await self.state_store.set_membership(room_id, UserID(puppet), Membership.JOIN)
+
+    async def remove_member(self, room_id: str, mxid: str, reason: str) -> None:
+        room = RoomID(room_id)
+        if await self.state_store.get_membership(room, UserID(mxid)) in (Membership.LEAVE, Membership.BAN, None):
+            return
+        if self.is_puppet(mxid):
+            await _calling_homeserver(self._intent(mxid).leave_room(room, reason=reason))
+        else:
+            await _calling_homeserver(self.az.intent.kick_user(room, UserID(mxid), reason=reason))
+        await self.state_store.set_membership(room_id, UserID(mxid), Membership.LEAVE)
+
+    async def set_room_name(self, room_id: str, name: str) -> None:
+        await _calling_homeserver(self.az.intent.set_room_name(RoomID(room_id), name))
+
     async def send_message(
         self, room_id: str, sender: str, content: dict[str, Any], *, txn_id: str, timestamp_ms: int | None = None
     ) -> str:

@@ -60,7 +60,7 @@ class SandboxGroups:
         members = self.store.participants(jid)
         devices = [d for iid, _ in members for d in self.devices_of(iid)]
         participants = tuple(
-            gp.Participant(self.user_jid(user), admin)
+            gp.Participant(self.user_jid(user), admin, user.uvid)
             for iid, admin in members
             if (user := self.gk.store.user(iid)) is not None
         )

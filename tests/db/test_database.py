@@ -12,6 +12,7 @@ from bridge.db.upgrade import alembic_config, upgrade
 
 TABLES = {
     "logins",
+    "sender_key_holders",
     "signal_pre_keys",
     "signal_signed_pre_keys",
     "signal_sessions",
@@ -40,9 +41,29 @@ async def _tables(db: Database) -> set[str]:
     return {r["name"] for r in rows}
 
 
+async def test_0006_keeps_every_portal_and_message_and_lets_a_group_room_be_shared(db: Database, db_uri: str) -> None:
+    """The SQLite upgrade recreates ``portals``: the rows that point at it must stay."""
+    from bridge.db.logins import LoginStore
+    from bridge.db.portals import MessageRef, MessageStore, PortalStore
+    from bridge.db.sealed import Sealer
+    from devstack.logins import enlisted_login
+
+    await asyncio.to_thread(command.downgrade, alembic_config(db_uri), "0005")
+    logins, portals, messages = LoginStore(db, Sealer(bytes(32))), PortalStore(db), MessageStore(db)
+    for mxid in ("@a:x", "@b:x"):
+        await logins.insert(enlisted_login(mxid, iid=f"1-{len(mxid)}{mxid[1]}@interop"))
+    await portals.insert("@a:x", "9@native", "!dm:x", False)
+    await messages.put(MessageRef("@a:x", "9@native", "GK1", True, "!dm:x", "$e1", 1))
+    await upgrade(db_uri)
+    assert await db.fetchval("SELECT COUNT(*) FROM messages WHERE gk_id = 'GK1'") == 1
+    await portals.insert("@a:x", "12@group", "!group:x", True)
+    await portals.insert("@b:x", "12@group", "!group:x", True)  # one room, a row per member
+    assert [p.receiver for p in await portals.of_peer("12@group")] == ["@a:x", "@b:x"]
+
+
 async def test_migrations_create_the_schema_and_are_idempotent(db: Database, db_uri: str) -> None:
     assert await _tables(db) >= TABLES
-    assert await db.fetchval("SELECT version_num FROM alembic_version") == "0005"
+    assert await db.fetchval("SELECT version_num FROM alembic_version") == "0006"
     await upgrade(db_uri)  # running again changes nothing
     await asyncio.to_thread(command.downgrade, alembic_config(db_uri), "base")
     assert not (TABLES & await _tables(db))

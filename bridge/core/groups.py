@@ -1,0 +1,161 @@
+"""Group chats (interop profile §9) as portals: one Matrix room per group, whoever on this
+homeserver is in it.
+
+Each local member has its own ``portals`` row for the group, all naming the same room; the
+first to hear of the group makes the room, the others are invited into it. The native
+participants are puppets in the room. Every local member's connection receives every group
+message, and all of them run in the group's one loop (``portal_key`` ignores the receiver
+of a group), so a message is posted once: the copies that come after find it mapped.
+A message a local member wrote is in the room already, as their own Matrix event.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+from typing import TYPE_CHECKING, Any
+
+from bridge.db.logins import Login
+from bridge.db.portals import MessageRef, Portal
+
+from .gatekeeper_api import GroupMember, GroupView
+
+if TYPE_CHECKING:
+    from .bridge import BridgeCore
+
+log = logging.getLogger(__name__)
+
+
+def is_group(peer: str) -> bool:
+    return peer.endswith("@group")
+
+
+def bare(device: str) -> str:
+    """``123:2@native`` → ``123@native``."""
+    user, _, server = device.partition("@")
+    return f"{user.split(':', 1)[0]}@{server}"
+
+
+def group_txn_id(group: str, sender: str, gk_id: str, part: str = "") -> str:
+    """One transaction id per group message for every local member's copy, so that the
+    homeserver gives back the same event to the second copy (a reaction, a deletion)."""
+    digest = hashlib.sha256(f"{group}|{bare(sender)}|{gk_id}|{part}".encode()).hexdigest()[:32]
+    return f"dma-g-{digest}"
+
+
+def notice_payload(
+    group: str, actor: str, action: str, participants: list[str], subject: str, view: GroupView | None
+) -> bytes:
+    """A group change as the inbox keeps it (the loop that applies it may run after a restart)."""
+    data: dict[str, Any] = {
+        "group": group,
+        "actor": actor,
+        "action": action,
+        "participants": participants,
+        "subject": subject,
+    }
+    if view is not None:
+        data["view"] = {"subject": view.subject, "members": [[m.iid, m.uvid, m.admin] for m in view.members]}
+    return json.dumps(data, separators=(",", ":")).encode()
+
+
+def _view_of(group: str, data: dict[str, Any]) -> GroupView | None:
+    raw = data.get("view")
+    if not isinstance(raw, dict):
+        return None
+    members = tuple(GroupMember(str(m[0]), str(m[1]), bool(m[2])) for m in raw.get("members", []))
+    return GroupView(group, str(raw.get("subject", "")), members)
+
+
+class GroupPortals:
+    def __init__(self, core: BridgeCore) -> None:
+        self.core = core
+
+    async def ensure(self, login: Login, group: str, view: GroupView | None = None) -> Portal:
+        """``login``'s row of the group's portal: the room made if nobody here has one yet,
+        else the login invited to it; the native participants' puppets joined."""
+        core = self.core
+        async with core.portal_creation(("group", group)):
+            portal = await core.portals.get(login.mxid, group)
+            if portal is not None and portal.room_id:
+                return portal
+            view = view or await core.gatekeeper.group_view(login.mxid, group)
+            rows = await core.portals.of_peer(group)
+            existing = next((r for r in rows if r.room_id), None)
+            if existing is None or existing.room_id is None:
+                room = await core.matrix.create_group_portal(
+                    name=view.subject or f"{core.network} group",
+                    topic=f"{core.network} group, bridged by matrix-dma-bridge",
+                    info=core.bridge_info(login, group),
+                    encrypted=core.config.encryption.default,
+                    invite=[login.mxid],
+                )
+                encrypted = core.config.encryption.default
+            else:
+                room, encrypted = existing.room_id, existing.encrypted
+                await core.matrix.invite(room, login.mxid)
+            portal = await core.portals.insert(login.mxid, group, room, encrypted)
+            await self.join_natives(room, view)
+            return portal
+
+    async def join_natives(self, room: str, view: GroupView) -> None:
+        for member in view.members:
+            if await self.core.logins.by_iid(member.iid) is not None:
+                continue  # a local member: their own connection brings them in
+            puppet = await self.core.ensure_puppet(member.iid, member.uvid or None)
+            await self.core.matrix.join_puppet(room, puppet.mxid)
+
+    async def apply(self, login: Login, payload: bytes) -> None:
+        """A change of the group, as ``login``'s connection heard it."""
+        core = self.core
+        data = json.loads(payload)
+        group, action = str(data["group"]), str(data["action"])
+        participants = [str(p) for p in data.get("participants", [])]
+        view = _view_of(group, data)
+        me_added = action == "create" or (action == "add" and login.iid in participants)
+        if me_added:
+            portal = await self.ensure(login, group, view)
+            if view is not None and portal.room_id:
+                await self.join_natives(portal.room_id, view)
+            return
+        portal = await core.portals.get(login.mxid, group)
+        if portal is None or portal.room_id is None:
+            if view is not None and view.member(login.iid or "") is not None:
+                await self.ensure(login, group, view)
+            return
+        room = portal.room_id
+        if action == "add" and view is not None:
+            await self.join_natives(room, view)
+        elif action in ("remove", "leave"):
+            gone = participants if action == "remove" else [str(data["actor"])]
+            for iid in gone:
+                if iid == login.iid:
+                    await core.matrix.remove_member(
+                        room, login.mxid, f"You are no longer in this {core.network} group."
+                    )
+                    await core.portals.delete(login.mxid, group)
+                elif await core.logins.by_iid(iid) is None:
+                    puppet = await core.ensure_puppet(iid)
+                    await core.matrix.remove_member(room, puppet.mxid, f"Left the {core.network} group.")
+        elif action == "subject":
+            await core.matrix.set_room_name(room, str(data.get("subject", "")))
+
+    async def mapped_copy(
+        self, login: Login, portal: Portal, group: str, sender: str, gk_id: str
+    ) -> tuple[bool, str | None]:
+        """Whether a group message is in the room already (a local member wrote it: their
+        own Matrix event; or another member's copy posted it), and its event, mapped for
+        ``login`` too so that its replies and reactions find it."""
+        core = self.core
+        assert portal.room_id is not None
+        author = await core.logins.by_iid(bare(sender))
+        if author is not None:
+            event_id = await core.event_of(author.mxid, group, gk_id)
+        else:
+            ref = await core.messages.posted(group, gk_id)
+            event_id = ref.event_id if ref is not None else None
+        if event_id:
+            mine = author is not None and author.mxid == login.mxid
+            await core.messages.put_later(MessageRef(login.mxid, group, gk_id, mine, portal.room_id, event_id, 0))
+        return author is not None or event_id is not None, event_id
