@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING, Any
 
 import aiohttp
 from mautrix.api import Method, Path
+from mautrix.errors import MatrixRequestError
 from mautrix.types import RoomID
 
 from bridge.db.matrix_events import MatrixEventStore
@@ -137,7 +138,14 @@ class CatchUp:
         since_ms = int((time.time() - self._window) * 1000)
         found = 0
         for room_id in await self._store.active_rooms(since_ms):
-            found += await self._room(room_id, since_ms)
+            try:
+                found += await self._room(room_id, since_ms)
+            except MatrixRequestError as exc:
+                if not 400 <= exc.http_status < 500 or exc.http_status == 429:
+                    raise
+                # A room the bot is not in any more (it left, or was removed): nothing of it
+                # is ours to take in, and it must not stop the look at the others.
+                log.debug("skipped %s in the look for lost events: %s", room_id, exc.errcode)
         if found:
             log.warning("took in %d room events the homeserver had not pushed (did it restart?)", found)
         self.found += found
