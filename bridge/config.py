@@ -221,6 +221,15 @@ class BridgeConfig:
         escaped = "".join(c if c.isalnum() or c in "._-" else f"={ord(c):02x}" for c in uvid.lower())
         return self.username_template.replace("{uvid}", escaped)
 
+    def uvid_of_puppet(self, mxid: str) -> str | None:
+        """The identifier a puppet's Matrix ID was made from, or None for anyone else."""
+        localpart, _, domain = mxid.removeprefix("@").partition(":")
+        prefix, _, suffix = self.username_template.partition("{uvid}")
+        if domain != self.homeserver_domain or not localpart.startswith(prefix) or not localpart.endswith(suffix):
+            return None
+        escaped = localpart[len(prefix) : len(localpart) - len(suffix)]
+        return re.sub(r"=([0-9a-f]{2})", lambda m: chr(int(m.group(1), 16)), escaped) or None
+
 
 def _get(data: Any, path: str, kind: type | tuple[type, ...]) -> Any:
     node = data

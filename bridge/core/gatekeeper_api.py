@@ -102,6 +102,13 @@ class GatekeeperAPI(Protocol):
         not reachable)."""
         ...
 
+    async def change_group(self, mxid: str, group: str, action: str, peers: list[str]) -> tuple[GroupView, list[str]]:
+        """``add``, ``remove``, ``promote`` or ``demote``; returns the group and the peers
+        refused. Raises GipError FORBIDDEN (not an admin), NOT_FOUND, NOT_ACCEPTABLE (full)."""
+        ...
+
+    async def leave_group(self, mxid: str, group: str) -> None: ...
+
     # ------------------------------------------------------------------ for the commands
 
     async def enlist(self, login: Login) -> str:

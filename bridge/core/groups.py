@@ -16,8 +16,9 @@ import json
 import logging
 from typing import TYPE_CHECKING, Any
 
-from bridge.db.logins import Login
+from bridge.db.logins import Login, LoginState
 from bridge.db.portals import MessageRef, Portal
+from bridge.gip.errors import GipError, GipErrorCode
 
 from .gatekeeper_api import GroupMember, GroupView
 
@@ -25,6 +26,7 @@ if TYPE_CHECKING:
     from .bridge import BridgeCore
 
 log = logging.getLogger(__name__)
+ADMIN_LEVEL = 50
 
 
 def is_group(peer: str) -> bool:
@@ -97,6 +99,7 @@ class GroupPortals:
                 await core.matrix.invite(room, login.mxid)
             portal = await core.portals.insert(login.mxid, group, room, encrypted)
             await self.join_natives(room, view)
+            await self.admins(room, view)
             return portal
 
     async def join_natives(self, room: str, view: GroupView) -> None:
@@ -105,6 +108,20 @@ class GroupPortals:
                 continue  # a local member: their own connection brings them in
             puppet = await self.core.ensure_puppet(member.iid, member.uvid or None)
             await self.core.matrix.join_puppet(room, puppet.mxid)
+
+    async def admins(self, room: str, view: GroupView) -> None:
+        """The group's admins get power 50 in the room (invite and remove), the others 0."""
+        for member in view.members:
+            mxid = await self._mxid_of(member.iid)
+            if mxid is not None:
+                await self.core.matrix.set_power_level(room, mxid, ADMIN_LEVEL if member.admin else 0)
+
+    async def _mxid_of(self, iid: str) -> str | None:
+        local = await self.core.logins.by_iid(iid)
+        if local is not None:
+            return local.mxid
+        puppet = await self.core.puppets.get(iid)
+        return puppet.mxid if puppet is not None else None
 
     async def apply(self, login: Login, payload: bytes) -> None:
         """A change of the group, as ``login``'s connection heard it."""
@@ -140,6 +157,8 @@ class GroupPortals:
                     await core.matrix.remove_member(room, puppet.mxid, f"Left the {core.network} group.")
         elif action == "subject":
             await core.matrix.set_room_name(room, str(data.get("subject", "")))
+        elif action in ("promote", "demote") and view is not None:
+            await self.admins(room, view)
 
     async def mapped_copy(
         self, login: Login, portal: Portal, group: str, sender: str, gk_id: str
@@ -159,3 +178,63 @@ class GroupPortals:
             mine = author is not None and author.mxid == login.mxid
             await core.messages.put_later(MessageRef(login.mxid, group, gk_id, mine, portal.room_id, event_id, 0))
         return author is not None or event_id is not None, event_id
+
+    # ------------------------------------------------------------------ membership from Matrix
+
+    async def matrix_member(self, room_id: str, sender: str, target: str, membership: str) -> None:
+        """A local member changed the room: inviting a puppet adds that person to the group,
+        removing one removes them, leaving the room leaves the group. What the gatekeeper
+        refuses is explained in the room (and an invitation it refused is withdrawn)."""
+        core = self.core
+        portal = await core.portals.by_room(room_id)
+        if portal is None or not is_group(portal.peer):
+            return
+        group = portal.peer
+        login = await core.logins.get(sender)
+        if login is None or login.state is not LoginState.ENLISTED or await core.portals.get(sender, group) is None:
+            return
+        if target == sender:
+            if membership in ("leave", "ban"):
+                try:
+                    await core.gatekeeper.leave_group(sender, group)
+                except GipError as exc:
+                    if exc.code is not GipErrorCode.NOT_FOUND:
+                        raise
+                await core.portals.delete(sender, group)
+            return
+        if membership not in ("invite", "leave", "ban"):
+            return
+        action = "add" if membership == "invite" else "remove"
+        puppet = await core.puppets.by_mxid(target)
+        uvid = core.config.uvid_of_puppet(target) if puppet is None else None
+        if puppet is None and uvid is None:
+            return  # not a puppet: a Matrix user, whom the group at the gatekeeper does not know
+        try:
+            peer = puppet.iid if puppet is not None else await core.gatekeeper.lookup(sender, uvid or "")
+            _, refused = await core.gatekeeper.change_group(sender, group, action, [peer])
+        except GipError as exc:
+            refused = [target] if exc.code is GipErrorCode.NOT_FOUND and action == "add" else []
+            if not refused:
+                await core.matrix.send_notice(room_id, f"⚠️ {self._refusal(exc.code, action)}")
+                if action == "add":
+                    await core.matrix.remove_member(room_id, target, "Not added to the group")
+                return
+        if refused:
+            await core.matrix.send_notice(
+                room_id,
+                "⚠️ Not added: this person cannot be reached from here (they have not turned on chats with other "
+                "apps, or they blocked you).",
+            )
+            await core.matrix.remove_member(room_id, target, "Not added to the group")
+        elif action == "add":
+            await core.matrix.join_puppet(room_id, target)
+
+    def _refusal(self, code: GipErrorCode, action: str) -> str:
+        network = self.core.network
+        if code is GipErrorCode.FORBIDDEN:
+            return f"Only the group's admins may {action} people on {network}."
+        if code is GipErrorCode.NOT_ACCEPTABLE:
+            return f"The group is full: {network} allows no more participants."
+        if code is GipErrorCode.NOT_FOUND:
+            return f"You are not in this group on {network} any more."
+        return f"{network} refused to {action} them ({code.value})."

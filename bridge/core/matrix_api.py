@@ -73,6 +73,10 @@ class MatrixAPI(Protocol):
 
     async def set_room_name(self, room_id: str, name: str) -> None: ...
 
+    async def set_power_level(self, room_id: str, mxid: str, level: int) -> None:
+        """A member's power level (a group's admins: 50, who may invite and remove)."""
+        ...
+
     async def send_message(
         self, room_id: str, sender: str, content: dict[str, Any], *, txn_id: str, timestamp_ms: int | None = None
     ) -> str:

@@ -21,7 +21,7 @@ from bridge.gip import stanzas as st
 from bridge.gip.client import GipClient
 from bridge.gip.content import Content, Media
 from bridge.gip.errors import GipError, GipErrorCode
-from bridge.gip.groups import GroupInfo, is_group
+from bridge.gip.groups import GroupAction, GroupInfo, is_group
 from bridge.gip.jid import Jid
 from bridge.gip.media import MediaType
 from bridge.gip.outgoing import PreparedMessage
@@ -133,6 +133,15 @@ class GatekeeperSide:
     async def create_group(self, mxid: str, subject: str, peers: list[str]) -> tuple[GroupView, list[str]]:
         result = await self._client(mxid).create_group(subject, [Jid.parse(p) for p in peers])
         return _view(result.group), [str(j) for j in result.refused]
+
+    async def change_group(self, mxid: str, group: str, action: str, peers: list[str]) -> tuple[GroupView, list[str]]:
+        result = await self._client(mxid).change_group(
+            GroupAction(action), Jid.parse(group), [Jid.parse(p) for p in peers]
+        )
+        return _view(result.group), [str(j) for j in result.refused]
+
+    async def leave_group(self, mxid: str, group: str) -> None:
+        await self._client(mxid).leave_group(Jid.parse(group))
 
     async def enlist(self, login: Login) -> str:
         return await enlist(self._stores, login, base_url=self._base_url, tokens=self._tokens, http=self._http)

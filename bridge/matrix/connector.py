@@ -421,6 +421,10 @@ class MatrixConnector:
                 if self.e2ee is not None:
                     await self.e2ee.handle_member(evt)
                 await self._member(evt)
+                if not self._ours(evt.sender) and evt.state_key:
+                    await core.groups.matrix_member(
+                        evt.room_id, evt.sender, evt.state_key, evt.content.membership.value
+                    )
             return None
         if self._ours(getattr(evt, "sender", "")):
             return None
@@ -655,6 +659,13 @@ class MatrixConnector:
         else:
             await _calling_homeserver(self.az.intent.kick_user(room, UserID(mxid), reason=reason))
         await self.state_store.set_membership(room_id, UserID(mxid), Membership.LEAVE)
+
+    async def set_power_level(self, room_id: str, mxid: str, level: int) -> None:
+        levels = await _calling_homeserver(self.az.intent.get_power_levels(RoomID(room_id), ignore_cache=True))
+        if levels.get_user_level(UserID(mxid)) == level:
+            return
+        levels.set_user_level(UserID(mxid), level)
+        await _calling_homeserver(self.az.intent.set_power_levels(RoomID(room_id), levels))
 
     async def set_room_name(self, room_id: str, name: str) -> None:
         await _calling_homeserver(self.az.intent.set_room_name(RoomID(room_id), name))

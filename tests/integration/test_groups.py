@@ -138,3 +138,98 @@ async def test_a_member_without_a_login_cannot_write_to_the_group(stack: Stack) 
     await guest.notice(room, "there is no relay")
     for user in (alice, guest):
         await user.close()
+
+
+async def test_membership_from_matrix_and_a_refusal_explained(stack: Stack) -> None:
+    alice = await stack.user()
+    alice.management_room = await log_in(stack, alice)
+    alice_iid = (await stack.bridge.core.logins.get(alice.mxid)).iid
+    phone, friend, shy = await stack.sandbox.native(), await stack.sandbox.native(), await stack.sandbox.native()
+    await stack.sandbox.control("POST", f"/natives/{shy['iid']}/opt_in", {"opted_in": False})
+    made = await stack.sandbox.control(
+        "POST", "/groups", {"creator": phone["iid"], "subject": "Club", "participants": [alice_iid]}
+    )
+    group = made["jid"]
+    # The creator makes alice an admin, so that she may add and remove.
+    await stack.sandbox.control(
+        "POST", f"/groups/{group}/change", {"actor": phone["iid"], "action": "promote", "participants": [alice_iid]}
+    )
+    room = await group_room(alice)
+    config = stack.bridge.config
+
+    def puppet_of(native: dict) -> str:
+        return f"@{config.puppet_localpart(native['uvid'])}:{config.homeserver_domain}"
+
+    # Inviting a puppet adds that person at the gatekeeper; they then read the group.
+    await alice.client.invite_user(room, puppet_of(friend))
+    for _ in range(100):
+        members = [p["jid"] for p in (await stack.sandbox.control("GET", f"/groups/{group}"))["participants"]]
+        if friend["iid"] in members:
+            break
+        await asyncio.sleep(0.1)
+    assert friend["iid"] in members
+    await alice.wait_for(lambda e: member_event(e, room, puppet_of(friend), "join"))
+    await alice.status_of(await alice.say(room, "welcome"))
+    await natives_got(stack, friend, group, "welcome")
+    # Someone the gatekeeper will not add: the invitation is withdrawn and explained.
+    await alice.client.invite_user(room, puppet_of(shy))
+    await alice.notice(room, "cannot be reached")
+    await alice.wait_for(lambda e: member_event(e, room, puppet_of(shy), "leave"))
+    # Removing a puppet removes the person.
+    await alice.client.kick_user(room, puppet_of(friend), "bye")
+    for _ in range(100):
+        members = [p["jid"] for p in (await stack.sandbox.control("GET", f"/groups/{group}"))["participants"]]
+        if friend["iid"] not in members:
+            break
+        await asyncio.sleep(0.1)
+    assert friend["iid"] not in members
+    # Leaving the room leaves the group.
+    await alice.client.leave_room(room)
+    for _ in range(100):
+        members = [p["jid"] for p in (await stack.sandbox.control("GET", f"/groups/{group}"))["participants"]]
+        if alice_iid not in members:
+            break
+        await asyncio.sleep(0.1)
+    assert alice_iid not in members
+    await alice.close()
+
+
+async def test_a_later_member_reads_new_messages_and_a_restart_hands_no_key_out_again(stack: Stack) -> None:
+    from bridge.app import BridgeApp
+    from bridge.gip.outgoing import PreparedMessage
+
+    alice = await stack.user()
+    alice.management_room = await log_in(stack, alice)
+    alice_iid = (await stack.bridge.core.logins.get(alice.mxid)).iid
+    phone = await stack.sandbox.native(devices=2)
+    made = await stack.sandbox.control(
+        "POST", "/groups", {"creator": phone["iid"], "subject": "Later", "participants": [alice_iid]}
+    )
+    group = made["jid"]
+    room = await group_room(alice)
+
+    async def handed_to(event_id: str) -> set[str]:
+        item = await stack.bridge.core.outbox.by_event(room, event_id)
+        return {str(d) for d in PreparedMessage.deserialize(item.prepared).devices}
+
+    first = await alice.say(room, "first")
+    await alice.status_of(first)
+    assert len(await handed_to(first)) == 2, "the key went to both of the phone's devices"
+    late = await stack.sandbox.native()
+    await stack.sandbox.control(
+        "POST", f"/groups/{group}/change", {"actor": phone["iid"], "action": "add", "participants": [late["iid"]]}
+    )
+    await asyncio.sleep(1)
+    second = await alice.say(room, "for the newcomer too")
+    await alice.status_of(second)
+    await natives_got(stack, late, group, "for the newcomer too")
+    assert await handed_to(second) == {late["iid"]}, "only the new device gets the key"
+
+    await stack.bridge.stop()
+    stack.bridge = BridgeApp(stack.bridge.config)
+    await stack.bridge.start()
+    third = await alice.say(room, "after a restart")
+    await alice.status_of(third, timeout=60)
+    await natives_got(stack, late, group, "after a restart")
+    assert await handed_to(third) == set(), "a restart hands the key to nobody again"
+    await alice.close()

@@ -4,9 +4,9 @@ cannot read any more (one it left): the other rooms' lost events are still taken
 from __future__ import annotations
 
 import time
-from urllib.parse import unquote
 from types import SimpleNamespace
 from typing import Any
+from urllib.parse import unquote
 
 from mautrix.errors import MForbidden
 
