@@ -4,15 +4,19 @@ from __future__ import annotations
 
 import html
 import re
+import urllib.parse
+from collections.abc import Mapping
 from html.parser import HTMLParser
 
+_MATRIX_TO = "https://matrix.to/#/"
 _BLOCKS = ("p", "div", "blockquote", "ul", "ol")
 _MARKS = {"strong": "*", "b": "*", "em": "_", "i": "_", "del": "~", "s": "~", "strike": "~", "code": "`"}
 
 
 class _ToPlain(HTMLParser):
-    def __init__(self) -> None:
+    def __init__(self, pills: Mapping[str, str]) -> None:
         super().__init__(convert_charrefs=True)
+        self.pills = pills  # Matrix ID → the text its pill becomes (a mention's token)
         self.out: list[str] = []
         self._skip = 0  # inside <mx-reply>: the reply fallback, never sent
         self._pre = 0
@@ -68,8 +72,14 @@ class _ToPlain(HTMLParser):
             text = "".join(self.out)
             start = text.rfind("\x00")
             label = text[start + 1 :]
-            self.out = [text[:start], label]
-            if href and href.removeprefix("mailto:") != label and not href.startswith("https://matrix.to/"):
+            pill = self.pills.get(matrix_to_user(href) or "")
+            self.out = [text[:start], pill if pill is not None else label]
+            if (
+                pill is None
+                and href
+                and href.removeprefix("mailto:") != label
+                and not href.startswith("https://matrix.to/")
+            ):
                 self.out.append(f" ({href})")
 
     def handle_data(self, data: str) -> None:
@@ -77,8 +87,17 @@ class _ToPlain(HTMLParser):
             self.out.append(data)
 
 
-def html_to_markup(formatted: str) -> str:
-    parser = _ToPlain()
+def matrix_to_user(href: str | None) -> str | None:
+    """The Matrix ID a ``https://matrix.to/#/@user:server`` link (a pill) points at."""
+    if not href or not href.startswith(_MATRIX_TO):
+        return None
+    target = urllib.parse.unquote(href[len(_MATRIX_TO) :].split("?", 1)[0])
+    return target if target.startswith("@") and ":" in target else None
+
+
+def html_to_markup(formatted: str, pills: Mapping[str, str] | None = None) -> str:
+    """Plain markup; the pills of the users in ``pills`` become the text given there."""
+    parser = _ToPlain(pills or {})
     parser.feed(formatted)
     parser.close()
     text = "".join(parser.out).replace("\x00", "")

@@ -6,12 +6,15 @@ import pytest
 
 from bridge.gip.content import Content, ContextInfo, Edit, ExtendedText, Media, MessageKey, Reaction, Revoke
 from bridge.msgconv.convert import (
+    Mention,
     Unsupported,
     gip_content,
+    matrix_mentions,
     matrix_message,
     matrix_reaction,
     matrix_reaction_removal,
     matrix_redaction,
+    mentioned_iids,
 )
 from bridge.msgconv.formatting import html_to_markup, markup_to_html
 
@@ -136,3 +139,65 @@ def test_gip_to_matrix() -> None:
     # Media is handed to the core with what it replies to; the content is built from the fetched file.
     photo = gip_content(Content(image=Media(caption="look", context_info=ContextInfo(stanza_id="G1"))))
     assert (photo.kind, photo.target, photo.media[0], photo.media[1].caption) == ("media", "G1", "image", "look")
+
+
+BOB = Mention("123456789012@native", "@whatsapp_4915112345678:hs", "+49 151 12345678")
+ALICE = Mention("1-42@interop", "@alice:hs", "alice")
+
+
+def test_matrix_mentions_are_the_pills_and_m_mentions_each_once() -> None:
+    content = {
+        "msgtype": "m.text",
+        "body": "+49 151 12345678 and alice: hi",
+        "format": "org.matrix.custom.html",
+        "formatted_body": '<a href="https://matrix.to/#/%40whatsapp_4915112345678%3Ahs">+49 151 12345678</a> and '
+        "<a href='https://matrix.to/#/@alice:hs?via=hs'>alice</a>: hi "
+        '<a href="https://matrix.to/#/!room:hs">a room</a>',
+        "m.mentions": {"user_ids": ["@alice:hs", 5]},
+    }
+    assert matrix_mentions(content) == ["@alice:hs", "@whatsapp_4915112345678:hs"]
+    assert matrix_mentions({"msgtype": "m.text", "body": "@alice:hs"}) == []
+
+
+def test_a_pill_becomes_a_token_and_the_iid_is_mentioned() -> None:
+    content = {
+        "msgtype": "m.text",
+        "body": "+49 151 12345678: *look*",
+        "format": "org.matrix.custom.html",
+        "formatted_body": '<a href="https://matrix.to/#/@whatsapp_4915112345678:hs">+49 151 12345678</a>: '
+        "<strong>look</strong> <a href='https://matrix.to/#/@carol:hs'>carol</a>",
+    }
+    sent = matrix_message(content, reply_to=None, edit_of=None, mentions=[BOB])
+    ext = sent.content.extended_text
+    assert ext.text == "@123456789012: *look* carol", "an unresolved pill keeps its name"
+    assert list(ext.context_info.mentioned) == ["123456789012@native"]
+    assert ext.context_info.stanza_id == ""
+    reply = matrix_message(content, reply_to="G1", edit_of=None, mentions=[BOB]).content.extended_text
+    assert reply.context_info.stanza_id == "G1" and list(reply.context_info.mentioned) == ["123456789012@native"]
+    edit = matrix_message(
+        {"msgtype": "m.text", "body": "* x", "m.new_content": content}, reply_to=None, edit_of="G2", mentions=[BOB]
+    )
+    assert edit.content.edit.text.startswith("@123456789012:")
+
+
+def test_a_token_becomes_a_pill_and_m_mentions() -> None:
+    text = "@123456789012 and @1-42, see *this*; not @1234567890123 nor @1-42@x"
+    content = Content(
+        extended_text=ExtendedText(
+            text=text, context_info=ContextInfo(mentioned=["123456789012@native", "1-42@interop"])
+        )
+    )
+    assert mentioned_iids(content) == ["123456789012@native", "1-42@interop"]
+    shown = gip_content(content, [BOB, ALICE]).content
+    assert shown["body"] == "+49 151 12345678 and alice, see *this*; not @1234567890123 nor @1-42@x"
+    assert shown["formatted_body"] == (
+        '<a href="https://matrix.to/#/@whatsapp_4915112345678:hs">+49 151 12345678</a> and '
+        '<a href="https://matrix.to/#/@alice:hs">alice</a>, see <strong>this</strong>; not @1234567890123 nor @1-42@x'
+    )
+    assert shown["m.mentions"] == {"user_ids": ["@whatsapp_4915112345678:hs", "@alice:hs"]}
+    # A name that looks like HTML stays text; a plain text with a mention gets HTML for its pill.
+    odd = Mention("7@native", "@p:hs", "<b>x</b>")
+    plain = gip_content(Content(extended_text=ExtendedText(text="hi @7\nbye")), [odd]).content
+    assert plain["formatted_body"] == 'hi <a href="https://matrix.to/#/@p:hs">&lt;b&gt;x&lt;/b&gt;</a><br/>bye'
+    assert mentioned_iids(Content(text="@7")) == []
+    assert mentioned_iids(Content(image=Media(context_info=ContextInfo(mentioned=["7@native"])))) == ["7@native"]
