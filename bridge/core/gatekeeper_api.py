@@ -107,6 +107,14 @@ class GatekeeperAPI(Protocol):
         refused. Raises GipError FORBIDDEN (not an admin), NOT_FOUND, NOT_ACCEPTABLE (full)."""
         ...
 
+    async def set_group_subject(self, mxid: str, group: str, subject: str) -> GroupView:
+        """Raises GipError FORBIDDEN (not allowed), NOT_FOUND, NOT_ACCEPTABLE (too long)."""
+        ...
+
+    async def send_group_read(self, mxid: str, group: str, author: str, message_ids: list[str]) -> None:
+        """A read receipt for ``author``'s messages in ``group`` (§9 names the author)."""
+        ...
+
     async def leave_group(self, mxid: str, group: str) -> None: ...
 
     # ------------------------------------------------------------------ for the commands

@@ -19,7 +19,10 @@ from typing import TYPE_CHECKING, Any
 from bridge.db.logins import Login, LoginState
 from bridge.db.portals import MessageRef, Portal
 from bridge.gip.errors import GipError, GipErrorCode
+from bridge.gip.groups import MAX_SUBJECT
+from bridge.msgconv import convert
 
+from .errors import is_transient
 from .gatekeeper_api import GroupMember, GroupView
 
 if TYPE_CHECKING:
@@ -179,6 +182,101 @@ class GroupPortals:
             await core.messages.put_later(MessageRef(login.mxid, group, gk_id, mine, portal.room_id, event_id, 0))
         return author is not None or event_id is not None, event_id
 
+    # ------------------------------------------------------------------ mentions
+
+    async def mentions_from_matrix(self, content: dict[str, Any]) -> list[convert.Mention]:
+        """The people a Matrix message mentions whom the gatekeeper knows: puppets, and
+        local members with a login (a Matrix user without one has no IID to name)."""
+        found: list[convert.Mention] = []
+        for mxid in convert.matrix_mentions(content):
+            puppet = await self.core.puppets.by_mxid(mxid)
+            if puppet is not None:
+                found.append(convert.Mention(puppet.iid, mxid, puppet.displayname))
+                continue
+            login = await self.core.logins.get(mxid)
+            if login is not None and login.iid:
+                found.append(convert.Mention(login.iid, mxid, mxid))
+        return found
+
+    async def mentions_to_matrix(self, iids: list[str]) -> list[convert.Mention]:
+        """The people a group message mentions, as Matrix users: a local member by their
+        Matrix ID, anyone else by their puppet."""
+        found: list[convert.Mention] = []
+        for iid in dict.fromkeys(iids):
+            login = await self.core.logins.by_iid(iid)
+            if login is not None:
+                found.append(convert.Mention(iid, login.mxid, login.mxid.split(":", 1)[0].lstrip("@")))
+                continue
+            puppet = await self.core.ensure_puppet(iid)
+            found.append(convert.Mention(iid, puppet.mxid, puppet.displayname))
+        return found
+
+    # ------------------------------------------------------------------ the room's state from Matrix
+
+    async def matrix_name(self, room_id: str, sender: str, name: str) -> None:
+        """A local member renamed the room: the group's subject follows, or the name goes
+        back to the subject with a word on why."""
+        found = await self._member_portal(room_id, sender)
+        if found is None:
+            return
+        group, _ = found
+        core = self.core
+        view = await core.gatekeeper.group_view(sender, group)
+        if name == view.subject:
+            return
+        try:
+            await core.gatekeeper.set_group_subject(sender, group, name)
+        except GipError as exc:
+            if is_transient(exc):
+                raise  # waited out in the room's loop, then tried again
+            await core.matrix.send_notice(
+                room_id, f"⚠️ The group's name was not changed: {self._refusal(exc.code, 'rename the group')}"
+            )
+            await core.matrix.set_room_name(room_id, view.subject)
+
+    async def matrix_power_levels(self, room_id: str, sender: str, users: dict[str, int]) -> None:
+        """A local member changed power levels: whoever crossed 50 is promoted or demoted in
+        the group. A refusal is explained and the levels go back to the group's admins."""
+        found = await self._member_portal(room_id, sender)
+        if found is None:
+            return
+        group, _ = found
+        core = self.core
+        view = await core.gatekeeper.group_view(sender, group)
+        promote: list[str] = []
+        demote: list[str] = []
+        for member in view.members:
+            mxid = await self._mxid_of(member.iid)
+            if mxid is None:
+                continue
+            admin = users.get(mxid, 0) >= ADMIN_LEVEL
+            if admin and not member.admin:
+                promote.append(member.iid)
+            elif member.admin and not admin:
+                demote.append(member.iid)
+        try:
+            for action, iids in (("promote", promote), ("demote", demote)):
+                if iids:
+                    view, _ = await core.gatekeeper.change_group(sender, group, action, iids)
+        except GipError as exc:
+            if is_transient(exc):
+                raise
+            await core.matrix.send_notice(room_id, f"⚠️ {self._refusal(exc.code, 'promote or demote people')}")
+            view = await core.gatekeeper.group_view(sender, group)
+            await self.admins(room_id, view)
+
+    async def _member_portal(self, room_id: str, sender: str) -> tuple[str, Portal] | None:
+        """The group of a group portal and ``sender``'s row of it, if they are an enlisted member."""
+        core = self.core
+        portal = await core.portals.by_room(room_id)
+        if portal is None or not is_group(portal.peer):
+            return None
+        login = await core.logins.get(sender)
+        own = await core.portals.get(sender, portal.peer)
+        if login is None or login.state is not LoginState.ENLISTED or own is None:
+            return None
+        return portal.peer, own
+
     # ------------------------------------------------------------------ membership from Matrix
 
     async def matrix_member(self, room_id: str, sender: str, target: str, membership: str) -> None:
@@ -215,7 +313,7 @@ class GroupPortals:
         except GipError as exc:
             refused = [target] if exc.code is GipErrorCode.NOT_FOUND and action == "add" else []
             if not refused:
-                await core.matrix.send_notice(room_id, f"⚠️ {self._refusal(exc.code, action)}")
+                await core.matrix.send_notice(room_id, f"⚠️ {self._refusal(exc.code, f'{action} people')}")
                 if action == "add":
                     await core.matrix.remove_member(room_id, target, "Not added to the group")
                 return
@@ -229,12 +327,15 @@ class GroupPortals:
         elif action == "add":
             await core.matrix.join_puppet(room_id, target)
 
-    def _refusal(self, code: GipErrorCode, action: str) -> str:
+    def _refusal(self, code: GipErrorCode, doing: str) -> str:
+        """``doing``: what was refused, as in "add people" or "rename the group"."""
         network = self.core.network
         if code is GipErrorCode.FORBIDDEN:
-            return f"Only the group's admins may {action} people on {network}."
+            return f"Only the group's admins may {doing} on {network}."
+        if doing == "rename the group" and code in (GipErrorCode.NOT_ACCEPTABLE, GipErrorCode.BAD_REQUEST):
+            return f"The name is longer than {network} allows ({MAX_SUBJECT} characters)."
         if code is GipErrorCode.NOT_ACCEPTABLE:
             return f"The group is full: {network} allows no more participants."
         if code is GipErrorCode.NOT_FOUND:
             return f"You are not in this group on {network} any more."
-        return f"{network} refused to {action} them ({code.value})."
+        return f"{network} refused to {doing} ({code.value})."

@@ -105,9 +105,10 @@ class InboxWork(Work):
         present, event_id = await core.groups.mapped_copy(login, portal, item.peer, item.sender, item.gk_id)
         content = Content()
         content.ParseFromString(item.payload)
-        incoming = convert.gip_content(content)
-        if present and incoming.kind in ("message", "media"):
+        if present and content.WhichOneof("body") not in ("reaction", "revoke", "edit"):
             return event_id
+        mentions = await core.groups.mentions_to_matrix(convert.mentioned_iids(content))
+        incoming = convert.gip_content(content, mentions)
         author = await core.logins.by_iid(bare(item.sender))
         if author is not None:
             return None  # a local member's own edit, reaction or deletion: done in Matrix already

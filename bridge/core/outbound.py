@@ -236,11 +236,12 @@ class MatrixFlow:
         elif isinstance(relates.get("m.in_reply_to"), dict):
             ref = await core.messages.by_event(room_id, relates["m.in_reply_to"].get("event_id", ""))
             reply_to = ref.gk_id if ref else None
+        mentions = await core.groups.mentions_from_matrix(content) if is_group(portal.peer) else []
         try:
             if edit_of is None and media.is_media(content):
                 outgoing = await core.media.outgoing(sender, content, reply_to=reply_to)
             else:
-                outgoing = convert.matrix_message(content, reply_to=reply_to, edit_of=edit_of)
+                outgoing = convert.matrix_message(content, reply_to=reply_to, edit_of=edit_of, mentions=mentions)
         except convert.Unsupported as exc:
             await self._not_delivered(room_id, event_id, exc.text, reason=exc.reason)
             await stored()
@@ -313,11 +314,28 @@ class MatrixFlow:
         if not unread:
             return
         try:
-            await core.gatekeeper.send_read(login.mxid, portal.peer, unread)
+            if is_group(portal.peer):
+                unread = await self._read_in_group(login, portal.peer, unread)
+            else:
+                await core.gatekeeper.send_read(login.mxid, portal.peer, unread)
         except GipError as exc:
             log.info("a read receipt did not go out: %s", exc.code.value)
             return
         await core.messages.record_receipts(login.mxid, portal.peer, unread, "read")
+
+    async def _read_in_group(self, login: Login, group: str, unread: list[str]) -> list[str]:
+        """A group's read receipt names the author (§9): one for each native author of the
+        messages read. A local member's message needs none (their Matrix client shows it)."""
+        core = self.core
+        authors = await core.inbox.senders(login.mxid, group, unread)
+        by_author: dict[str, list[str]] = {}
+        for gk_id in unread:
+            author = authors.get(gk_id)
+            if author is not None and await core.logins.by_iid(author) is None:
+                by_author.setdefault(author, []).append(gk_id)
+        for author, ids in by_author.items():
+            await core.gatekeeper.send_group_read(login.mxid, group, author, ids)
+        return unread
 
     async def typing(self, room_id: str, sender: str, typing: bool) -> None:
         core = self.core

@@ -303,6 +303,25 @@ class Inbox:
         items = [self._item(r) for r in rows]
         return next((i for i in items if i.is_message), None)
 
+    async def senders(self, receiver: str, peer: str, gk_ids: list[str]) -> dict[str, str]:
+        """The author (the bare user of the sending device) of each of these messages the
+        inbox still holds: in a group, who wrote what."""
+        found: dict[str, str] = {}
+        for start in range(0, len(gk_ids), 500):
+            chunk = gk_ids[start : start + 500]
+            marks = ", ".join(f"${i}" for i in range(3, len(chunk) + 3))
+            rows = await self._db.fetch(
+                f"SELECT gk_id, sender, kind FROM inbox WHERE receiver = $1 AND peer = $2 AND gk_id IN ({marks})",  # noqa: S608 - placeholders only
+                receiver,
+                peer,
+                *chunk,
+            )
+            for row in rows:
+                if ":" not in row["kind"] and row["kind"] not in ("identity", "undecryptable", "group"):
+                    user, _, server = str(row["sender"]).partition("@")
+                    found[row["gk_id"]] = f"{user.split(':', 1)[0]}@{server}"
+        return found
+
     async def count_pending(self) -> int:
         return int(await self._db.fetchval("SELECT COUNT(*) FROM inbox WHERE state = 'pending'"))
 

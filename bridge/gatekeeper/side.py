@@ -140,6 +140,12 @@ class GatekeeperSide:
         )
         return _view(result.group), [str(j) for j in result.refused]
 
+    async def set_group_subject(self, mxid: str, group: str, subject: str) -> GroupView:
+        return _view(await self._client(mxid).set_group_subject(Jid.parse(group), subject))
+
+    async def send_group_read(self, mxid: str, group: str, author: str, message_ids: list[str]) -> None:
+        await self._client(mxid).send_group_receipt(Jid.parse(group), Jid.parse(author), message_ids, read=True)
+
     async def leave_group(self, mxid: str, group: str) -> None:
         await self._client(mxid).leave_group(Jid.parse(group))
 

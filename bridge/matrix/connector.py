@@ -52,6 +52,7 @@ from bridge.core.bridge import BridgeCore, portal_key, room_key
 from bridge.core.bridge_state import bridge_state, remote_state
 from bridge.core.commands import CommandState, dispatch
 from bridge.core.errors import Refused, RetryAfter, Unavailable
+from bridge.core.groups import ADMIN_LEVEL
 from bridge.core.matrix_api import BridgeInfo, StatusReport
 from bridge.core.outbound import OutboxWork
 from bridge.core.portal_loop import LoopKey, Transient, Work
@@ -425,6 +426,13 @@ class MatrixConnector:
                     await core.groups.matrix_member(
                         evt.room_id, evt.sender, evt.state_key, evt.content.membership.value
                     )
+            elif self._ours(evt.sender):
+                pass  # the bridge's own change, made after the gatekeeper's
+            elif evt.type == EventType.ROOM_NAME:
+                await core.groups.matrix_name(evt.room_id, evt.sender, evt.content.name or "")
+            elif evt.type == EventType.ROOM_POWER_LEVELS:
+                users = {str(user): int(level) for user, level in evt.content.users.items()}
+                await core.groups.matrix_power_levels(evt.room_id, evt.sender, users)
             return None
         if self._ours(getattr(evt, "sender", "")):
             return None
@@ -624,7 +632,10 @@ class MatrixConnector:
                 topic=topic,
                 invitees=[UserID(m) for m in invite],
                 initial_state=state,
-                # The bot creates it, so it has full power by its role (room version 12).
+                # The bot creates it, so it has full power by its role (room version 12). The
+                # group's admins (50) may rename the room and promote, as at the gatekeeper
+                # (which refuses what a member who is no admin asks of it, with a notice).
+                power_level_override={"events": {"m.room.name": ADMIN_LEVEL, "m.room.power_levels": ADMIN_LEVEL}},
             )
         )
         await self.state_store.set_membership(room_id, UserID(self.bot_mxid), Membership.JOIN)

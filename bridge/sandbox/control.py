@@ -73,11 +73,18 @@ def _key(data: dict[str, Any], *, from_me: bool) -> MessageKey:
 
 async def _content(gk: Gatekeeper, native_iid: str, data: dict[str, Any]) -> tuple[Content, str]:
     """Build the Content a native sends from the control request."""
-    if "text" in data and "reply_to" not in data:
+    mentioned = data.get("mentioned", [])
+    if not isinstance(mentioned, list):
+        raise GipError(GipErrorCode.BAD_REQUEST, "mentioned must be a list of IIDs")
+    if "text" in data and "reply_to" not in data and not mentioned:
         return Content(text=str(data["text"])), "text"
-    if "reply_to" in data:
-        reply = data["reply_to"]
-        context = ContextInfo(stanza_id=str(reply["id"]), participant=str(reply.get("participant", "")))
+    if "reply_to" in data or mentioned:
+        reply = data.get("reply_to") or {}
+        context = ContextInfo(
+            stanza_id=str(reply.get("id", "")),
+            participant=str(reply.get("participant", "")),
+            mentioned=[str(iid) for iid in mentioned],
+        )
         if "quoted" in reply:
             context.quoted.CopyFrom(Content(text=str(reply["quoted"])))
         return Content(extended_text=ExtendedText(text=str(data.get("text", "")), context_info=context)), "text"
