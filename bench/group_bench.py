@@ -11,8 +11,10 @@ pairwise encryptions over established sessions measured just before (``SessionCi
 in-memory stores). It prints beside it everything a message costs here, the receipts the
 participants send back included (a pairwise fan-out would get them too).
 
-This is the client half of the bridge's group path: the bridge's own group flow (portals,
-the durable outbox) is not built yet, so it measures what Sender Keys save below it.
+This is the client half of the bridge's group path, where Sender Keys make their saving.
+What the bridge adds per message above it (the portal loop, the durable outbox, the
+homeserver round trips) is the same for a group as for a 1:1 chat; bench/pipeline_bench.py
+counts it.
 
     python bench/group_bench.py [--quick]
 

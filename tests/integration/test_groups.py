@@ -382,6 +382,19 @@ async def test_membership_from_matrix_and_a_refusal_explained(stack: Stack) -> N
     await alice.client.invite_user(room, puppet_of(shy))
     await alice.notice(room, "cannot be reached")
     await alice.wait_for(lambda e: member_event(e, room, puppet_of(shy), "leave"))
+    # A name the gatekeeper will not take: explained, and the room keeps the group's subject.
+    await alice.wait_for(
+        lambda e: (
+            e.get("room_id") == room
+            and e.get("type") == "m.room.power_levels"
+            and e["content"].get("users", {}).get(alice.mxid) == 50
+        )
+    )
+    await alice.client.send_state_event(room, EventType.ROOM_NAME, {"name": "x" * 150})
+    await alice.notice(room, "longer than")
+    await alice.wait_for(
+        lambda e: e.get("room_id") == room and e.get("type") == "m.room.name" and e["content"].get("name") == "Club"
+    )
     # Removing a puppet removes the person.
     await alice.client.kick_user(room, puppet_of(friend), "bye")
     for _ in range(100):
